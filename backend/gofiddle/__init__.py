@@ -1,0 +1,5 @@
+"""gofiddle: an online Go playground."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"

@@ -1,0 +1,91 @@
+"""Command line: `gofiddle serve` (and `gofiddle bench`)."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import logging
+import sys
+import time
+from typing import Any
+
+from . import config
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line; job records carry their fields under `job`."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        job = getattr(record, "job", None)
+        if job is not None:
+            out.update(job)
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, ensure_ascii=False)
+
+
+def setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(settings: config.Settings) -> int:
+    import uvicorn
+
+    from .app import create_app
+
+    setup_logging(settings.log_level)
+    log = logging.getLogger("gofiddle")
+    if settings.sandbox == "none":
+        log.warning("!!! SANDBOX DISABLED (--sandbox none): user programs run as this user "
+                    "with only rlimits/cgroups. Development only. !!!")
+        if not is_loopback(settings.host):
+            log.error("refusing to listen on %s with --sandbox none: use 127.0.0.1 or "
+                      "enable the bwrap sandbox", settings.host)
+            return 2
+    app = create_app(settings)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None,
+                ws_max_size=settings.frame_bytes, ws_ping_interval=settings.ping_interval_seconds,
+                ws_ping_timeout=settings.ping_interval_seconds,
+                timeout_graceful_shutdown=int(settings.shutdown_seconds) + 1,
+                access_log=False)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="gofiddle", description="An online Go playground.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_serve = sub.add_parser("serve", help="start the server")
+    config.add_arguments(p_serve)
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        try:
+            settings = config.from_args(args)
+        except (TypeError, ValueError) as e:
+            parser.error(str(e))
+        return serve(settings)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
