@@ -128,7 +128,9 @@ class Settings:
         metadata={"help": "packages compiled into the cache at startup"},
     )
     snippet_bytes: int = field(default=64 * KiB, metadata={"help": "max snippet size"})
-    snippet_db: str = field(default="", metadata={"help": "snippet database (DATA_DIR/snippets.db)"})
+    snippet_db: str = field(
+        default="", metadata={"help": "snippet database (DATA_DIR/snippets.db)"}
+    )
     snippet_sync: str = field(
         default="FULL", metadata={"help": "SQLite synchronous: FULL survives power loss"}
     )
@@ -147,7 +149,9 @@ class Settings:
 
     @property
     def snippet_db_path(self) -> Path:
-        return Path(self.snippet_db).resolve() if self.snippet_db else self.data_path / "snippets.db"
+        if self.snippet_db:
+            return Path(self.snippet_db).resolve()
+        return self.data_path / "snippets.db"
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)

