@@ -161,7 +161,7 @@ def create_app(settings: Settings) -> Starlette:
         try:
             yield
         finally:
-            await server.shutdown() if hasattr(server, "shutdown") else await server.stop()
+            await server.stop()
 
     routes = [
         Route("/", index),

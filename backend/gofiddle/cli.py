@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import ipaddress
 import json
 import logging
 import sys
 import time
 from typing import Any
+
+import uvicorn
 
 from . import config
 
@@ -50,8 +53,6 @@ def is_loopback(host: str) -> bool:
 
 
 def serve(settings: config.Settings) -> int:
-    import uvicorn
-
     from .app import create_app
 
     setup_logging(settings.log_level)
@@ -64,12 +65,38 @@ def serve(settings: config.Settings) -> int:
                       "enable the bwrap sandbox", settings.host)
             return 2
     app = create_app(settings)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None,
-                ws_max_size=settings.frame_bytes, ws_ping_interval=settings.ping_interval_seconds,
-                ws_ping_timeout=settings.ping_interval_seconds,
-                timeout_graceful_shutdown=int(settings.shutdown_seconds) + 1,
-                access_log=False)
+    uv_config = uvicorn.Config(
+        app, host=settings.host, port=settings.port, log_config=None,
+        ws_max_size=settings.frame_bytes, ws_ping_interval=settings.ping_interval_seconds,
+        ws_ping_timeout=settings.ping_interval_seconds,
+        timeout_graceful_shutdown=int(settings.shutdown_seconds) + 2, access_log=False)
+    GracefulServer(uv_config, app.state.server).run()
     return 0
+
+
+class GracefulServer(uvicorn.Server):
+    """uvicorn's server, with SIGTERM/SIGINT first draining our jobs and sessions (so
+    running programs may finish and queued sessions are told), then letting uvicorn stop.
+    A second signal skips the drain."""
+
+    def __init__(self, config: uvicorn.Config, gofiddle_server: Any) -> None:
+        super().__init__(config)
+        self.gofiddle = gofiddle_server
+        self.draining = False
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        if self.draining:
+            return super().handle_exit(sig, frame)
+        self.draining = True
+        loop = asyncio.get_event_loop()
+
+        async def drain_then_exit() -> None:
+            try:
+                await self.gofiddle.drain()
+            finally:
+                super(GracefulServer, self).handle_exit(sig, frame)
+
+        loop.call_soon_threadsafe(lambda: loop.create_task(drain_then_exit()))
 
 
 def main(argv: list[str] | None = None) -> int:

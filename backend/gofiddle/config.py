@@ -100,7 +100,7 @@ class Settings:
     idle_session_seconds: float = field(default=900.0, metadata={"help": "idle session close"})
     ping_interval_seconds: float = field(default=20.0, metadata={"help": "WS keepalive ping"})
     send_queue_frames: int = field(
-        default=256, metadata={"help": "frames buffered per session before backpressure"}
+        default=64, metadata={"help": "frames buffered per session before backpressure"}
     )
     max_sessions_per_client: int = field(default=50, metadata={"help": "per address"})
     runs_per_minute: int = field(default=120, metadata={"help": "per address"})

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import protocol, source, toolchain
+from .breaker import SaturationBreaker
 from .config import Settings
 from .jobs import Job, JobQueue, Result, ServiceTimes, WorkerPool
 from .metrics import Metrics
@@ -23,6 +24,7 @@ from .store import SQLiteSnippetStore
 log = logging.getLogger(__name__)
 jobs_log = logging.getLogger("gofiddle.jobs")
 
+BREAKER_TICK_SECONDS = 0.25
 WARM_MAIN = "package main\n\nimport (\n{imports})\n\nfunc main() {{}}\n"
 WARM_TEST = ('package main\n\nimport "testing"\n\n'
              "func TestWarm(t *testing.T) {}\n")
@@ -63,6 +65,12 @@ class Server:
         self.sessions: set[Any] = set()
         self._warm_task: asyncio.Task[None] | None = None
         self.metrics.queue_capacity.set(settings.queue_size)
+        self.breaker = SaturationBreaker(
+            capacity=settings.queue_size, saturation=settings.breaker_saturation,
+            open_after=settings.breaker_open_seconds,
+            cooldown=settings.breaker_cooldown_seconds, on_change=self._breaker_changed)
+        self.metrics.set_breaker("closed")
+        self._ticker: asyncio.Task[None] | None = None
 
     # ---- lifecycle ------------------------------------------------------
     async def start(self) -> None:
@@ -72,7 +80,9 @@ class Server:
         self.store = SQLiteSnippetStore(self.s.snippet_db_path, self.s.snippet_bytes,
                                         synchronous=self.s.snippet_sync)
         self.pool.start()
-        self._warm_task = asyncio.get_running_loop().create_task(self.warm())
+        loop = asyncio.get_running_loop()
+        self._warm_task = loop.create_task(self.warm())
+        self._ticker = loop.create_task(self._tick())
 
     async def warm(self) -> None:
         """Compile the popular standard packages into the shared cache (build, vet and
@@ -99,11 +109,47 @@ class Server:
         log.info("build cache warm in %.1f s (%s, sandbox %s)", time.monotonic() - started,
                  self.tools.version, self.sandbox.mode)
 
+    async def _tick(self) -> None:
+        # time-based breaker transitions must happen even when the queue is quiet
+        while True:
+            await asyncio.sleep(BREAKER_TICK_SECONDS)
+            self.breaker.observe(len(self.queue))
+
+    def _breaker_changed(self, state: str) -> None:
+        self.metrics.set_breaker(state)
+        log.warning("circuit breaker %s (queue %d/%d)", state, len(self.queue),
+                    self.queue.capacity)
+
+    async def drain(self) -> None:
+        """SIGTERM: stop taking work, tell queued sessions, let running jobs finish up to
+        the deadline, then stop them and close every socket with 1001 (going away)."""
+        if self.draining:
+            return
+        self.draining = True
+        log.info("draining: %d queued, %d running", len(self.queue), len(self.pool.running))
+        for job in self.queue.drain():
+            job.cancel_cause = "shutdown"
+            self.metrics.cancellations.labels(cause="shutdown").inc()
+            await job.finish(protocol.CANCELLED,
+                             message="the server is restarting; please run again")
+            self._count(job, protocol.CANCELLED)
+        running = [j.finished.wait() for j in list(self.pool.running)]
+        if running:
+            await asyncio.wait([asyncio.ensure_future(w) for w in running],
+                               timeout=self.s.shutdown_seconds)
+            for job in list(self.pool.running):
+                await self.cancel(job, "shutdown",
+                                  "the server is restarting and stopped this run")
+        await asyncio.gather(*(s.close(1001, "server shutting down") for s in
+                               list(self.sessions)), return_exceptions=True)
+
     async def stop(self) -> None:
-        if self._warm_task is not None:
-            self._warm_task.cancel()
-            with contextlib.suppress(BaseException):
-                await self._warm_task
+        await self.drain()
+        for task in (self._warm_task, self._ticker):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
         for job in self.queue.drain():
             job.cancel_cause = "shutdown"
             await job.finish(protocol.CANCELLED, message="the server is shutting down")
@@ -136,12 +182,41 @@ class Server:
             raise Rejection(protocol.RATE_LIMITED,
                             f"too many runs from your address; try again in {wait:.0f} s",
                             int(wait * 1000) + 1)
+        if self.degraded(job):
+            return
         if not self.queue.put(job):
             self.metrics.rejected.labels(reason=protocol.BUSY).inc()
             raise Rejection(protocol.BUSY,
                             f"the run queue is full ({self.queue.capacity} waiting); "
                             "try again shortly",
                             self.queue.retry_after_ms(self.s.busy_retry_ms))
+
+    def degraded(self, job: Job) -> bool:
+        """Breaker open: answer with a type-check now instead of a place in the queue."""
+        if not self.breaker.degrading:
+            return False
+        job.state = "running"
+        job.started_at = time.monotonic()
+        job.task = asyncio.get_running_loop().create_task(self._degraded_run(job))
+        return True
+
+    async def _degraded_run(self, job: Job) -> None:
+        status, message = protocol.DEGRADED, (
+            "the server is overloaded, so only a compile check was done; "
+            "run again in a little while")
+        start = time.monotonic()
+        try:
+            await job.emit(protocol.started(job.id, "build"))
+            items = await self.check(job.request.source)
+            if items:
+                await job.emit(protocol.diagnostics(job.id, "build", items))
+        except asyncio.CancelledError:
+            status, message = protocol.CANCELLED, "stopped"
+        except Exception:
+            log.exception("degraded check failed")
+        await job.finish(status, message=message,
+                         timings={"build_ms": int((time.monotonic() - start) * 1000)})
+        self._count(job, status)
 
     async def cancel(self, job: Job, cause: str, message: str | None = None) -> None:
         """Stop the job wherever it is; returns once its `done` has been sent."""
@@ -167,6 +242,7 @@ class Server:
         self._count(job, protocol.EXPIRED)
 
     def _queue_changed(self) -> None:
+        self.breaker.observe(len(self.queue))
         self.metrics.queue_depth.set(len(self.queue))
         self.metrics.workers_busy.set(self.pool.busy if hasattr(self, "pool") else 0)
 
@@ -190,48 +266,67 @@ class Server:
             return await self._format(text, imports)
 
     async def _format(self, text: str, imports: bool) -> tuple[str, list[dict[str, Any]]]:
+        # imported here: only this method and check() belong to the import fixer
+        from . import stdimports
+
         files = source.parse(text, max_files=self.s.max_files)
         multi = len(source.split_txtar(text)) > 1 or text.lstrip().startswith("-- ")
+        # text before the first `-- name --` line is prog.go without a header; keep it so
+        # (the Go playground's txtar formatting does the same)
+        implicit = multi and not text.lstrip().startswith("-- ")
         out: dict[str, str] = {}
         items: list[dict[str, Any]] = []
         async with self.pipeline.open_workspace("package main\n", "build") as ws:
-            for name, body in files.files.items():
-                if not name.endswith(".go"):
-                    out[name] = body
-                    continue
+
+            async def gofmt(body: str) -> tuple[str | None, list[dict[str, Any]]]:
                 run = await self.pipeline.run_tool([self.tools.gofmt], ws,
                                                    self.s.format_seconds,
                                                    stdin_data=body.encode())
                 if run.returncode == 0 and not run.timed_out:
-                    out[name] = run.stdout
-                else:
+                    return run.stdout, []
+                found = toolchain.parse_text(run.stderr, str(ws.src))
+                reason = self.pipeline.tool_failure("gofmt", run, self.s.format_seconds)
+                if reason:
+                    found.append({"file": "", "line": 0, "col": 0, "severity": "error",
+                                  "message": reason})
+                return None, found
+
+            for name, body in files.files.items():
+                if not name.endswith(".go"):
                     out[name] = body
-                    found = toolchain.parse_text(run.stderr, str(ws.src))
-                    for it in found:
-                        if it["file"] in ("prog.go", ""):
-                            it["file"] = name
-                    items.extend(found or [{"file": name, "line": 0, "col": 0,
-                                            "severity": "error",
-                                            "message": "gofmt failed"}])
-        if items:
-            return text, items
+                    continue
+                formatted, found = await gofmt(body)
+                if formatted is not None:
+                    out[name] = formatted
+                    continue
+                out[name] = body
+                for it in found:
+                    if it["file"] in ("prog.go", ""):
+                        it["file"] = name
+                items.extend(found or [{"file": name, "line": 0, "col": 0,
+                                        "severity": "error", "message": "gofmt failed"}])
+            if items:
+                return text, items
+            if imports:
+
+                async def refmt(body: str) -> str | None:
+                    return (await gofmt(body))[0]
+
+                out = await stdimports.fix_imports(out, self.pipeline, refmt)
         if not multi:
             return out[next(iter(out))], []
-        return "".join(f"-- {n} --\n{b}" for n, b in out.items()), []
+        parts = []
+        for i, (name, body) in enumerate(out.items()):
+            head = i == 0 and implicit and name == source.DEFAULT_FILE
+            parts.append(body if head else f"-- {name} --\n{body}")
+        return "".join(parts), []
 
     async def check(self, text: str) -> list[dict[str, Any]]:
+        # the work is shared with the import fixer, which runs inside format()'s slot
+        from . import stdimports
+
         async with self.tool_slots:
-            try:
-                async with self.pipeline.open_workspace(text, "build") as ws:
-                    run = await self.pipeline.run_tool(self.tools.check_cmd(), ws,
-                                                       self.s.check_seconds)
-                    items = toolchain.parse_check(run.stdout, str(ws.src), ws.files.display)
-                    if run.returncode != 0 and not items:
-                        items = toolchain.parse_text(run.stderr, str(ws.src))
-                    return items
-            except source.BuildRefused as e:
-                return [{"file": e.file, "line": e.line, "col": 0, "severity": "error",
-                         "message": str(e)}]
+            return await stdimports.typecheck(self.pipeline, text)
 
     async def share(self, text: str, client: str) -> str:
         wait = self.share_limiter.check(client)

@@ -23,6 +23,7 @@ CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008
 CLOSE_TRY_AGAIN = 1013
+CLOSE_FLUSH_SECONDS = 1.0
 
 
 class SlowClient(Exception):
@@ -40,6 +41,7 @@ class Session:
             server.s.send_queue_frames)
         self.closed = False
         self._side_tasks: set[asyncio.Task[None]] = set()
+        self._sender_task: asyncio.Task[None] | None = None
 
     # ---- sending --------------------------------------------------------
     async def emit(self, frame: dict[str, Any]) -> None:
@@ -90,7 +92,7 @@ class Session:
             await self.ws.accept()
             self.notify(protocol.hello(self.id, s.tools.version, s.s.public_limits(),
                                        ready=s.ready))
-            sender = asyncio.get_running_loop().create_task(self._sender())
+            sender = self._sender_task = asyncio.get_running_loop().create_task(self._sender())
             receiver = asyncio.get_running_loop().create_task(self._receive_loop())
             _done, _ = await asyncio.wait({sender, receiver},
                                          return_when=asyncio.FIRST_COMPLETED)
@@ -112,9 +114,13 @@ class Session:
             await asyncio.shield(self.server.cancel(job, "disconnect"))
 
     async def close(self, code: int, reason: str) -> None:
-        """Used by the server at shutdown."""
+        """Used by the server at shutdown: flush what is queued (a client that does not
+        read gets a short grace), then close with `code`."""
         with contextlib.suppress(Exception):
-            await self.outbox.put(None)
+            await asyncio.wait_for(self.outbox.put(None), CLOSE_FLUSH_SECONDS)
+            if self._sender_task is not None:
+                await asyncio.wait_for(asyncio.shield(self._sender_task), CLOSE_FLUSH_SECONDS)
+        self.closed = True
         with contextlib.suppress(Exception):
             await self.ws.close(code, reason)
 
