@@ -88,9 +88,11 @@ class ServerHandle:
         return self.proc.returncode
 
 
-def launch(tmp: Path, *, wait_ready: bool = True, **settings: Any) -> ServerHandle:
+def launch(tmp: Path, *, wait_ready: bool = True, data_dir: Path | None = None,
+           **settings: Any) -> ServerHandle:
+    """`data_dir` reuses a directory (restart tests); by default each server gets its own."""
     port = free_port()
-    data_dir = tmp / f"data-{port}"
+    data_dir = data_dir if data_dir is not None else tmp / f"data-{port}"
     GOCACHE.mkdir(parents=True, exist_ok=True)
     # every test client is 127.0.0.1: per-address limits are raised unless a test sets them
     opts: dict[str, Any] = {"sandbox": default_sandbox(), "workers": 2,
@@ -241,6 +243,18 @@ def leftovers(server: ServerHandle) -> list[int]:
             if state != "Z":
                 found.add(int(entry.name))
     return sorted(found)
+
+
+def settle(server: ServerHandle, within: float = 1.0) -> list[int]:
+    """leftovers() once they had `within` seconds to die (SIGKILL is asynchronous)."""
+    deadline = time.monotonic() + within
+    while (found := leftovers(server)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return found
+
+
+def describe(pids: list[int]) -> str:
+    return "; ".join(f"{p}: {' '.join(_cmdline(p))[:300]}" for p in pids)
 
 
 def processes_under(pid: int) -> list[int]:

@@ -12,7 +12,7 @@ import httpx
 import pytest
 import websockets
 
-from conftest import HELLO, Client, done_of, leftovers, stdout_of
+from conftest import HELLO, Client, describe, done_of, settle, stdout_of
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -113,7 +113,7 @@ async def test_sigterm_drains_gracefully(start_server):
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
     # uvicorn re-raises the signal after a clean shutdown: exit by SIGTERM is expected
     assert srv.proc.wait(15) in (0, -signal.SIGTERM)
-    assert leftovers(srv) == []
+    assert (left := settle(srv)) == [], describe(left)
 
 
 async def test_sigterm_deadline_stops_long_jobs(start_server):
@@ -127,7 +127,7 @@ async def test_sigterm_deadline_stops_long_jobs(start_server):
     assert done["status"] == "cancelled" and time.monotonic() - t0 < 5
     # uvicorn re-raises the signal after a clean shutdown: exit by SIGTERM is expected
     assert srv.proc.wait(15) in (0, -signal.SIGTERM)
-    assert leftovers(srv) == []
+    assert (left := settle(srv)) == [], describe(left)
 
 
 async def test_new_sessions_refused_while_draining(start_server):
@@ -166,4 +166,4 @@ async def test_slow_reader_does_not_grow_server_memory(start_server):
     assert samples[-1] - samples[4] < 16 * 1024, f"still growing: {samples}"
     await ws.close()
     await asyncio.sleep(1.0)
-    assert leftovers(srv) == []
+    assert (left := settle(srv)) == [], describe(left)

@@ -81,6 +81,18 @@ class Settings:
     goproxy: str = field(default="off", metadata={"help": "GOPROXY for builds"})
     goflags: str = field(default="-mod=mod -trimpath", metadata={"help": "GOFLAGS for builds"})
     build_gomaxprocs: int = field(default=2, metadata={"help": "GOMAXPROCS for the toolchain"})
+    fast_path: bool = field(
+        default=True, metadata={"help": "compile/link/vet std-only main packages directly"})
+    fast_gomaxprocs: int = field(
+        default=1, metadata={"help": "GOMAXPROCS for compile/link/vet on the fast path"})
+    fast_gogc: str = field(
+        default="off", metadata={"help": "GOGC for the fast path tools (GOMEMLIMIT caps)"})
+    fast_compile_concurrency: int = field(
+        default=1, metadata={"help": "compile -c on the fast path"})
+    concurrent_vet: bool = field(
+        default=True, metadata={"help": "fast path: run vet beside compile+link"})
+    fast_extra_packages: int = field(
+        default=64, metadata={"help": "std packages added to the fast path index on demand"})
 
     # --- run ---
     run_seconds: float = field(default=10.0, metadata={"help": "program wall time"})
@@ -102,8 +114,9 @@ class Settings:
     send_queue_frames: int = field(
         default=64, metadata={"help": "frames buffered per session before backpressure"}
     )
-    max_sessions_per_client: int = field(default=50, metadata={"help": "per address"})
-    runs_per_minute: int = field(default=120, metadata={"help": "per address"})
+    # a classroom shares one NAT address: these are per address, so they are generous
+    max_sessions_per_client: int = field(default=500, metadata={"help": "per address"})
+    runs_per_minute: int = field(default=1200, metadata={"help": "per address"})
     shares_per_minute: int = field(default=30, metadata={"help": "per address"})
 
     # --- degradation and shutdown ---
@@ -121,6 +134,8 @@ class Settings:
     # --- caches ---
     binary_cache_entries: int = field(default=512, metadata={"help": "built binaries kept"})
     binary_cache_bytes: int = field(default=512 * MiB, metadata={"help": "binary cache size"})
+    binary_cache_dir: str = field(
+        default="", metadata={"help": "binary cache (default DATA_DIR/bincache)"})
     warm_packages: str = field(
         default="bufio,bytes,context,errors,fmt,io,math,math/rand,os,sort,strconv,"
         "strings,sync,time,unicode,unicode/utf8,slices,maps,encoding/json,testing,"
@@ -146,6 +161,12 @@ class Settings:
     @property
     def gocache_path(self) -> Path:
         return Path(self.gocache_dir).resolve() if self.gocache_dir else self.data_path / "gocache"
+
+    @property
+    def binary_cache_path(self) -> Path:
+        if self.binary_cache_dir:
+            return Path(self.binary_cache_dir).resolve()
+        return self.data_path / "bincache"
 
     @property
     def snippet_db_path(self) -> Path:

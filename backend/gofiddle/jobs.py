@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
@@ -110,6 +109,14 @@ class RingBuffer(Generic[T]):
             self._used += 1
 
 
+CANCEL_MESSAGES = {
+    "user": "stopped by the user",
+    "supersede": "replaced by a newer run",
+    "disconnect": "the session closed",
+    "shutdown": "the server is shutting down",
+}
+
+
 Emit = Callable[[dict[str, Any]], Awaitable[None]]
 Notify = Callable[[dict[str, Any]], None]
 
@@ -149,16 +156,30 @@ class Job:
     async def finish(self, status: str, *, timings: dict[str, int] | None = None,
                      exit_code: int | None = None, cached: bool | None = None,
                      message: str | None = None) -> bool:
-        if self.finished.is_set():
+        if self.finished.is_set() or self.state == "done":
             return False
         self.state = "done"
-        self.finished.set()  # set before sending: a supersede waits on it, not on the wire
         t = {"queue_ms": self.queue_ms, "build_ms": 0, "run_ms": 0}
         t.update(timings or {})
-        with contextlib.suppress(Exception):
+        try:
+            # emit of a non-output frame never waits for the client, so the done is in the
+            # session's outbox before a superseding run can put anything there
             await self.emit(protocol.done(self.id, status, timings=t, exit_code=exit_code,
                                           cached=cached, message=message))
+        except Exception:
+            log.debug("done for %s not delivered", self.id, exc_info=True)
+        finally:
+            self.finished.set()
         return True
+
+    def ensure_finished(self, task: asyncio.Task[Any]) -> None:
+        """Done-callback for the task running the job: a task cancelled before its first
+        step never runs its own cleanup, yet the job still owes its session a done."""
+        if not self.finished.is_set() and self.state != "done":
+            cause = self.cancel_cause or "shutdown"
+            asyncio.get_running_loop().create_task(self.finish(
+                protocol.CANCELLED,
+                message=self.cancel_message or CANCEL_MESSAGES.get(cause, cause)))
 
 
 @dataclass
@@ -277,12 +298,6 @@ class Result:
     cached: bool | None = None
 
 
-CANCEL_MESSAGES = {
-    "user": "stopped by the user",
-    "supersede": "replaced by a newer run",
-    "disconnect": "the session closed",
-    "shutdown": "the server is shutting down",
-}
 
 
 class WorkerPool:
@@ -321,6 +336,7 @@ class WorkerPool:
             self.busy += 1
             self.running.add(job)
             job.task = asyncio.get_running_loop().create_task(self._run(job))
+            job.task.add_done_callback(job.ensure_finished)
             try:
                 await asyncio.wait([job.task])
             except asyncio.CancelledError:

@@ -35,7 +35,7 @@ PROCESS_KINDS = ("toolchain", "program")
 CANCEL_CAUSES = ("disconnect", "supersede", "user", "timeout", "shutdown")
 REJECT_REASONS = (
     "busy", "rate_limited", "too_large", "bad_request", "not_found", "unavailable",
-    "too_many_sessions",
+    "too_many_sessions", "slow_client",
 )
 BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
 

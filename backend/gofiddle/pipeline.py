@@ -7,6 +7,7 @@ import asyncio
 import codecs
 import contextlib
 import logging
+import os
 import shutil
 import time
 import uuid
@@ -14,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import protocol, source, toolchain
+from . import bincache, fastpath, protocol, source, toolchain
 from .config import Settings
 from .jobs import Job, Result
 from .sandbox import Bind, Limits, Outcome, Sandbox
@@ -43,14 +44,29 @@ class ToolRun:
 
 
 @dataclass
+class Plan:
+    """What a run needs to know before touching disk."""
+
+    files: source.Files
+    test: bool
+    fast: fastpath.FastPlan | None  # None: go build
+    why_slow: str = ""
+
+
+@dataclass
 class Workspace:
     root: Path
     files: source.Files
     test: bool
+    plan: Plan | None = None
 
     @property
     def src(self) -> Path:
         return self.root / "src"
+
+    @property
+    def out(self) -> Path:
+        return self.root / "out"
 
     @property
     def binary(self) -> Path:
@@ -87,6 +103,18 @@ class Pipeline:
         self.jobs_dir = settings.data_path / "jobs"
         self.gocache = settings.gocache_path
         self.config_dir = settings.data_path / "goconfig"
+        self.cache: bincache.BinaryCache | None = None
+        if settings.binary_cache_entries > 0 and settings.binary_cache_bytes > 0:
+            self.cache = bincache.BinaryCache(settings.binary_cache_path,
+                                              settings.binary_cache_entries,
+                                              settings.binary_cache_bytes)
+        # the fast path's view of the build cache; None until the first refresh
+        self.index: fastpath.StdIndex | None = None
+        self._refresh: asyncio.Task[None] | None = None
+        self._refresh_again = False
+        self._wanted: set[str] = set()  # std imports that sent a run to go build
+        self._inflight: dict[str, asyncio.Event] = {}
+        self.builds = {"fast": 0, "slow": 0}
 
     # ---- workspaces -----------------------------------------------------
     def prepare_dirs(self) -> None:
@@ -96,19 +124,38 @@ class Pipeline:
             # leftovers of a crashed server: nothing runs in them any more
             shutil.rmtree(self.jobs_dir, ignore_errors=True)
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
+        if self.cache is not None:
+            self.cache.open()
 
-    def workspace(self, text: str, mode: str) -> Workspace:
+    def plan(self, text: str, mode: str) -> Plan:
         files = source.parse(text, max_files=self.s.max_files)
         test = mode == "test" or (mode == "run" and source.is_test_program(files))
         files = source.prepare(files, go_version=self.tools.version, test=test)
+        plan = Plan(files, test, None)
+        if not self.s.fast_path:
+            plan.why_slow = "fast path disabled"
+        elif test:
+            plan.why_slow = "tests"
+        elif self.tools.goos_goarch[1] not in ("amd64", "arm64"):
+            plan.why_slow = "architecture"
+        else:
+            try:
+                plan.fast = fastpath.analyze(files, self.tools.minor)
+            except fastpath.NotEligible as e:
+                plan.why_slow = str(e)
+        return plan
+
+    def workspace(self, text: str, mode: str, plan: Plan | None = None) -> Workspace:
+        plan = plan or self.plan(text, mode)
         root = self.jobs_dir / uuid.uuid4().hex
         (root / "out").mkdir(parents=True)
-        source.write(files, root / "src")
-        return Workspace(root, files, test)
+        source.write(plan.files, root / "src")
+        return Workspace(root, plan.files, plan.test, plan)
 
     @contextlib.asynccontextmanager
-    async def open_workspace(self, text: str, mode: str):  # type: ignore[no-untyped-def]
-        ws = await asyncio.to_thread(self.workspace, text, mode)
+    async def open_workspace(self, text: str, mode: str,  # type: ignore[no-untyped-def]
+                             plan: Plan | None = None):
+        ws = await asyncio.to_thread(self.workspace, text, mode, plan)
         try:
             yield ws
         finally:
@@ -123,11 +170,23 @@ class Pipeline:
             Bind(ws.root, writable=True),
         ]
 
+    def fast_env(self) -> dict[str, str]:
+        """The go command's environment, tuned for one short-lived tool process: one
+        thread and no GC (GOMEMLIMIT still collects before the sandbox's memory limit)
+        cost less CPU than the defaults for a playground-sized package."""
+        env = self.tools.env(self.s, self.gocache, self.config_dir)
+        env["GOMAXPROCS"] = str(self.s.fast_gomaxprocs)
+        env["GOGC"] = self.s.fast_gogc
+        env["GOMEMLIMIT"] = f"{max(64, self.s.build_memory_bytes // 2 >> 20)}MiB"
+        return env
+
     async def run_tool(self, argv: list[str], ws: Workspace, wall: float,
-                       stdin_data: bytes | None = None) -> ToolRun:
+                       stdin_data: bytes | None = None, env: dict[str, str] | None = None,
+                       cap: int = TOOL_OUTPUT_CAP) -> ToolRun:
         start = time.monotonic()
         limits = Limits.for_toolchain(self.s, wall)
-        env = self.tools.env(self.s, self.gocache, self.config_dir)
+        if env is None:
+            env = self.tools.env(self.s, self.gocache, self.config_dir)
         timed_out = False
         outcome: Outcome | None = None
         out = err = b""
@@ -141,8 +200,8 @@ class Pipeline:
                         with contextlib.suppress(ConnectionError):
                             await sp.stdin.drain()
                         sp.stdin.close()
-                    out, err = await asyncio.gather(
-                        sp.stdout.read(TOOL_OUTPUT_CAP), sp.stderr.read(TOOL_OUTPUT_CAP))
+                    out, err = await asyncio.gather(read_capped(sp.stdout, cap),
+                                                    read_capped(sp.stderr, cap))
                     outcome = await sp.wait()
             except TimeoutError:
                 timed_out = True
@@ -160,16 +219,169 @@ class Pipeline:
             return f"{what} ran out of memory ({human_bytes(self.s.build_memory_bytes)} limit)"
         return None
 
-    async def build(self, job: Job, ws: Workspace) -> tuple[Result | None, int]:
-        await job.emit(protocol.started(job.id, "build"))
-        out = str(ws.binary)
-        argv = self.tools.test_build_cmd(out) if ws.test else self.tools.build_cmd(out)
-        run = await self.run_tool(argv, ws, self.s.build_seconds)
+    # ---- the fast path's index ------------------------------------------
+    def warm_packages(self) -> list[str]:
+        pkgs = [p.strip() for p in self.s.warm_packages.split(",") if p.strip()]
+        return sorted({*pkgs, "time/tzdata", "unsafe", *self._wanted})
+
+    async def warm_fast_path(self) -> None:
+        """Build the index now (server warm-up); never raises."""
+        if not self.s.fast_path:
+            return
+        self.schedule_refresh()
+        if self._refresh is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._refresh)
+
+    def schedule_refresh(self) -> None:
+        if not self.s.fast_path:
+            return
+        if self._refresh is not None and not self._refresh.done():
+            self._refresh_again = True
+            return
+        self._refresh = asyncio.get_running_loop().create_task(self._refresh_loop())
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            self._refresh_again = False
+            try:
+                await self.refresh_index()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("fast path: refreshing the index failed; using go build")
+                self.index = None
+                return
+            if not self._refresh_again:
+                return
+
+    async def refresh_index(self) -> None:
+        """Ask the go command, sandboxed, where the standard library's export data and
+        vet facts are in the build cache. Compiles what is missing, so it is also the
+        way an on-demand package joins the fast path."""
+        pkgs = self.warm_packages()
+        body = "package main\n\nimport (\n" + "".join(f'\t_ "{p}"\n' for p in pkgs) + ")\n\n"
+        body += f"// {uuid.uuid4().hex}: vet must run on this package, not replay a result\n"
+        body += "func main() {}\n"
+        started = time.monotonic()
+        async with self.open_workspace(body, "build") as ws:
+            wall = max(300.0, self.s.build_seconds)
+            listed = await self.run_tool(self.tools.list_export_cmd(pkgs), ws, wall,
+                                         cap=64 * TOOL_OUTPUT_CAP)
+            if listed.returncode != 0:
+                raise RuntimeError(f"go list failed: {listed.stderr[-2000:]}")
+            export, imports = fastpath.parse_list(listed.stdout)
+            # first without -x: facts of packages not vetted yet are computed, so the -x
+            # run below prints only the one config we want, not one per dependency
+            await self.run_tool(self.tools.vet_cmd(), ws, wall)
+            (ws.src / "prog.go").write_text(body.replace("// ", f"// {uuid.uuid4().hex} ", 1))
+            vetted = await self.run_tool(self.tools.vet_facts_cmd(), ws, wall,
+                                         cap=16 * TOOL_OUTPUT_CAP)
+        cfg = fastpath.parse_vet_x(vetted.stderr, "play") or {}
+        if not cfg:
+            log.warning("fast path: no vet config in go vet -x output; vet uses go vet")
+        index = fastpath.StdIndex(
+            export, imports,
+            vet_map=dict(cfg.get("ImportMap") or {}), vet_file=dict(cfg.get("PackageFile") or {}),
+            vet_std=dict(cfg.get("Standard") or {}), vet_facts=dict(cfg.get("PackageVetx") or {}),
+            generation=(self.index.generation + 1) if self.index else 1)
+        self.index = index
+        log.info("fast path: %d packages indexed, %d with vet facts, in %.2f s",
+                 len(export), len(index.vet_facts), time.monotonic() - started)
+
+    def fast_index(self, plan: Plan) -> fastpath.StdIndex | None:
+        """The index, if this plan can be built with it right now."""
+        index = self.index
+        if plan.fast is None:
+            return None
+        if index is None:
+            self.schedule_refresh()
+            return None
+        missing = index.missing_build(plan.fast)
+        if missing:
+            want = [p for p in missing if fastpath.is_public_std(p)]
+            if want and len(self._wanted) < self.s.fast_extra_packages:
+                # go build compiles it into the cache now; the next refresh indexes it
+                self._wanted.update(want[: self.s.fast_extra_packages - len(self._wanted)])
+            plan.why_slow = f"not indexed: {', '.join(missing[:3])}"
+            return None
+        return index
+
+    def index_intact(self, index: fastpath.StdIndex, plan: fastpath.FastPlan,
+                     vet: bool) -> bool:
+        """The build cache may have been trimmed or wiped since the index was made."""
+        for f in fastpath.needed_files(index, plan, vet):
+            if not os.path.exists(f):
+                log.info("fast path: %s is gone from the build cache; refreshing", f)
+                if self.index is index:
+                    self.index = None
+                self.schedule_refresh()
+                return False
+        return True
+
+    def write_fast_inputs(self, ws: Workspace, index: fastpath.StdIndex,
+                          plan: fastpath.FastPlan, vet: bool) -> None:
+        goos, goarch = self.tools.goos_goarch
+        (ws.out / "importcfg").write_text(fastpath.compile_importcfg(index, plan))
+        (ws.out / "importcfg.link").write_text(
+            fastpath.link_importcfg(index, plan, goarch, goos))
+        if vet:
+            (ws.out / "vet.cfg").write_text(
+                fastpath.vet_config(index, plan, str(ws.src), str(ws.out / "vet.out")))
+
+    def is_infra_failure(self, run: ToolRun) -> bool:
+        """A fast-path tool that failed on the build cache, not on the user's code."""
+        return run.returncode != 0 and str(self.gocache) in (run.stdout + run.stderr)
+
+    # ---- build and vet --------------------------------------------------
+    async def fast_build(self, ws: Workspace, plan: fastpath.FastPlan) -> tuple[ToolRun, str]:
+        """compile, then link: two sandboxed processes (there is no shell to chain them
+        in one, and none is worth adding: a spawn costs ~6 ms)."""
+        env = self.fast_env()
+        archive = str(ws.out / "main.a")
+        compiled = await self.run_tool(
+            self.tools.compile_cmd(archive, str(ws.out / "importcfg"), str(ws.src),
+                                   plan.module, plan.lang, list(plan.files),
+                                   self.s.fast_compile_concurrency),
+            ws, self.s.build_seconds, env=env)
+        if compiled.returncode != 0 or compiled.timed_out:
+            return compiled, compiled.stdout + compiled.stderr
+        # as go build -trimpath: no GOROOT baked into the binary
+        link_env = {**env, "GOROOT": ""}
+        linked = await self.run_tool(
+            self.tools.link_cmd(str(ws.binary), str(ws.out / "importcfg.link"), archive),
+            ws, max(1.0, self.s.build_seconds - compiled.ms / 1000), env=link_env)
+        linked.ms += compiled.ms
+        return linked, linked.stdout + linked.stderr
+
+    async def build(self, job: Job, ws: Workspace,
+                    index: fastpath.StdIndex | None) -> tuple[Result | None, int, str]:
+        """Returns (failure or None, ms, which path built it)."""
+        run: ToolRun | None = None
+        path = "slow"
+        if index is not None and ws.plan is not None and ws.plan.fast is not None:
+            run, text = await self.fast_build(ws, ws.plan.fast)
+            path = "fast"
+            if self.is_infra_failure(run):
+                log.warning("fast path build failed on the cache; falling back: %s",
+                            text[-500:])
+                if self.index is index:
+                    self.index = None
+                self.schedule_refresh()
+                run = None
+        if run is None:
+            path = "slow"
+            out = str(ws.binary)
+            argv = self.tools.test_build_cmd(out) if ws.test else self.tools.build_cmd(out)
+            run = await self.run_tool(argv, ws, self.s.build_seconds)
+            text = toolchain.build_output_text(run.stdout, run.stderr)
+        self.builds[path] += 1
+        log.debug("build path=%s ms=%d rc=%d why_slow=%s", path, run.ms, run.returncode,
+                  ws.plan.why_slow if ws.plan else "")
         self.observe("build", run.ms, "ok" if run.returncode == 0 else "failed")
         if run.returncode == 0 and not run.timed_out:
-            return None, run.ms
+            return None, run.ms, path
         reason = self.tool_failure("the build", run, self.s.build_seconds)
-        text = toolchain.build_output_text(run.stdout, run.stderr)
         items = toolchain.parse_text(text, str(ws.src), ws.files.display)
         if reason:
             items.append({"file": "", "line": 0, "col": 0, "severity": "error",
@@ -177,11 +389,25 @@ class Pipeline:
         if items:
             await job.emit(protocol.diagnostics(job.id, "build", items))
         return Result(protocol.BUILD_FAILED, message=reason or first_message(items),
-                      timings={"build_ms": run.ms}), run.ms
+                      timings={"build_ms": run.ms}), run.ms, path
 
-    async def vet(self, job: Job, ws: Workspace) -> tuple[Result | None, int]:
+    async def run_vet(self, ws: Workspace, fast: bool) -> ToolRun:
+        if fast:
+            run = await self.run_tool(self.tools.vet_tool_cmd(str(ws.out / "vet.cfg")), ws,
+                                      self.s.vet_seconds, env=self.fast_env())
+            if not self.is_infra_failure(run):
+                return run
+            log.warning("fast path vet failed on the cache; using go vet: %s",
+                        run.stderr[-500:])
+            if self.index is not None:
+                self.index = None
+                self.schedule_refresh()
+        return await self.run_tool(self.tools.vet_cmd(), ws, self.s.vet_seconds)
+
+    async def vet(self, job: Job, ws: Workspace, pending: asyncio.Task[ToolRun] | None = None,
+                  fast: bool = False) -> tuple[Result | None, int]:
         await job.emit(protocol.started(job.id, "vet"))
-        run = await self.run_tool(self.tools.vet_cmd(), ws, self.s.vet_seconds)
+        run = await pending if pending is not None else await self.run_vet(ws, fast)
         # go vet -json writes findings to stdout (Go >= 1.26) or stderr (older)
         items = toolchain.parse_vet(run.stdout + "\n" + run.stderr, str(ws.src),
                                     ws.files.display)
@@ -202,11 +428,27 @@ class Pipeline:
         return None, run.ms
 
     # ---- the program ----------------------------------------------------
+    def cache_key(self, plan: Plan, req: Any, path: str) -> str:
+        return bincache.cache_key({
+            "files": sorted(plan.files.files.items()),
+            "go": self.tools.version,
+            "target": "_".join(self.tools.goos_goarch),
+            "kind": "test" if plan.test else "exe",
+            "vet": bool(req.vet) and req.mode != "build",
+            "path": fastpath.IDENTITY if path == "fast" else "slow-v1",
+            "flags": self.tools.test_build_cmd("OUT")[1:] if plan.test
+            else self.tools.build_cmd("OUT")[1:],
+            "goflags": self.s.goflags,
+        })
+
     async def execute(self, job: Job) -> Result:
         req = job.request
         try:
-            async with self.open_workspace(req.source, req.mode) as ws:
-                return await self._execute(job, ws)
+            plan = self.plan(req.source, req.mode)
+            if self.cache is None or req.mode not in ("run", "build", "test"):
+                async with self.open_workspace(req.source, req.mode, plan) as ws:
+                    return await self._execute(job, ws, None)
+            return await self._execute_cached(job, plan)
         except source.BuildRefused as e:
             await job.emit(protocol.diagnostics(job.id, "build", [
                 {"file": e.file, "line": e.line, "col": 0, "severity": "error",
@@ -217,41 +459,126 @@ class Pipeline:
                 {"file": "", "line": 0, "col": 0, "severity": "error", "message": e.message}]))
             return Result(protocol.BUILD_FAILED, message=e.message)
 
-    async def _execute(self, job: Job, ws: Workspace) -> Result:
+    async def _execute_cached(self, job: Job, plan: Plan) -> Result:
         req = job.request
+        path = "fast" if self.fast_index(plan) is not None else "slow"
+        key = self.cache_key(plan, req, path)
+        hit = await self.run_cached(job, plan, key)
+        if hit is not None:
+            return hit
+        # a class pressing Run on the same link at once: one builds, the rest wait for it
+        waiting = self._inflight.get(key)
+        if waiting is not None:
+            await waiting.wait()
+            hit = await self.run_cached(job, plan, key)
+            if hit is not None:
+                return hit
+        owner = key not in self._inflight
+        if owner:
+            self._inflight[key] = asyncio.Event()
+        if self.metrics is not None:
+            self.metrics.binary_cache_misses.inc()
+        try:
+            async with self.open_workspace(req.source, req.mode, plan) as ws:
+                return await self._execute(job, ws, key)
+        finally:
+            if owner:
+                self._inflight.pop(key).set()
+
+    async def run_cached(self, job: Job, plan: Plan, key: str) -> Result | None:
+        assert self.cache is not None
+        dest = self.jobs_dir / f"{uuid.uuid4().hex}.prog"
+        entry = await asyncio.to_thread(self.cache.get, key, dest)
+        if entry is None:
+            return None
+        if self.metrics is not None:
+            self.metrics.binary_cache_hits.inc()
+        try:
+            if job.request.mode == "build":
+                return Result(protocol.OK, timings={"build_ms": 0, "run_ms": 0}, cached=True,
+                              message="built; not run (mode build)")
+            result = await self.run_program(job, dest, plan.test, plan.files.display)
+            result.timings = {"build_ms": 0, **result.timings}
+            result.cached = True
+            return result
+        finally:
+            with contextlib.suppress(OSError):
+                dest.unlink()
+
+    async def _execute(self, job: Job, ws: Workspace, key: str | None) -> Result:
+        req = job.request
+        plan = ws.plan or self.plan(req.source, req.mode)
         timings = {"build_ms": 0, "run_ms": 0}
+        index = self.fast_index(plan)
+        want_vet = req.mode == "vet" or (req.vet and req.mode != "build")
+        fast_vet = bool(want_vet and index is not None and plan.fast is not None
+                        and index.can_vet(plan.fast))
+        if index is not None and plan.fast is not None:
+            if self.index_intact(index, plan.fast, fast_vet):
+                await asyncio.to_thread(self.write_fast_inputs, ws, index, plan.fast,
+                                        fast_vet)
+            else:
+                index, fast_vet = None, False
         if req.mode == "vet":
-            failed, ms = await self.vet(job, ws)
+            failed, ms = await self.vet(job, ws, fast=fast_vet)
             timings["build_ms"] = ms
             if failed:
                 failed.timings = timings
                 return failed
             return Result(protocol.OK, timings=timings)
-        failed, timings["build_ms"] = await self.build(job, ws)
-        if failed:
-            return failed
-        if req.vet and req.mode != "build":
-            failed, ms = await self.vet(job, ws)
-            timings["build_ms"] += ms
+        started = time.monotonic()
+        await job.emit(protocol.started(job.id, "build"))
+        pending: asyncio.Task[ToolRun] | None = None
+        if fast_vet and self.s.concurrent_vet:
+            # vet reads only the imports' export data, not the package being compiled
+            pending = asyncio.get_running_loop().create_task(self.run_vet(ws, True))
+        store: asyncio.Task[bool] | None = None
+        try:
+            failed, timings["build_ms"], path = await self.build(job, ws, index)
             if failed:
-                failed.timings = timings
                 return failed
-        if req.mode == "build":
-            return Result(protocol.OK, timings=timings,
-                          message="built; not run (mode build)")
-        result = await self.run_program(job, ws)
-        result.timings = {**timings, **result.timings}
-        return result
+            if want_vet:
+                failed, _ = await self.vet(job, ws, pending, fast_vet)
+                pending = None
+                timings["build_ms"] = int((time.monotonic() - started) * 1000)
+                if failed:
+                    failed.timings = timings
+                    return failed
+            if key is not None and self.cache is not None:
+                if path != ("fast" if index is not None else "slow"):
+                    key = self.cache_key(plan, req, path)
+                # stored while the program runs; awaited before the workspace goes away
+                store = asyncio.get_running_loop().create_task(asyncio.to_thread(
+                    self.cache.put, key, ws.binary, {"path": path, "test": plan.test}))
+            if path == "slow" and self._wanted and (
+                    self.index is None or any(p not in self.index.export
+                                              for p in self._wanted)):
+                self.schedule_refresh()
+            if req.mode == "build":
+                return Result(protocol.OK, timings=timings,
+                              message="built; not run (mode build)")
+            result = await self.run_program(job, ws.binary, ws.test, ws.files.display)
+            result.timings = {**timings, **result.timings}
+            return result
+        finally:
+            if pending is not None:
+                pending.cancel()
+                with contextlib.suppress(BaseException):
+                    await pending
+            if store is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(store)
 
     def observe(self, phase: str, ms: int, outcome: str) -> None:
         if self.metrics is not None:
             self.metrics.phase_duration.labels(phase=phase, outcome=outcome).observe(ms / 1000)
 
-    async def run_program(self, job: Job, ws: Workspace) -> Result:
-        phase = "test" if ws.test else "run"
+    async def run_program(self, job: Job, binary: Path, test: bool,
+                          display: dict[str, str]) -> Result:
+        phase = "test" if test else "run"
         await job.emit(protocol.started(job.id, phase))
         limits = Limits.for_program(self.s)
-        argv = ["/prog"] + (["-test.v=true"] if ws.test else [])
+        argv = ["/prog"] + (["-test.v=true"] if test else [])
         env = {
             "HOME": "/tmp",
             "TMPDIR": "/tmp",
@@ -266,7 +593,7 @@ class Pipeline:
         outcome: Outcome | None = None
         start = time.monotonic()
         async with self.sandbox.spawn(argv, kind="program", limits=limits,
-                                      binds=[Bind(ws.binary, "/prog")], env=env,
+                                      binds=[Bind(binary, "/prog")], env=env,
                                       cwd="/tmp", stdin=True) as sp:
             try:
                 async with asyncio.timeout(self.s.run_seconds):
@@ -313,8 +640,8 @@ class Pipeline:
         message = None
         if outcome.pids_exhausted:
             message = (f"the program hit the limit of {self.s.run_pids} processes/threads")
-        if ws.test:
-            items = toolchain.parse_test_failures("".join(state.tail), ws.files.display)
+        if test:
+            items = toolchain.parse_test_failures("".join(state.tail), display)
             if items:
                 await job.emit(protocol.diagnostics(job.id, "test", items))
             return Result(protocol.TESTS_FAILED, exit_code=rc, timings=timings,
@@ -380,6 +707,16 @@ class Pipeline:
         tail = decoder.decode(b"", final=True)
         if tail:
             await job.emit(protocol.output(job.id, stream, tail))
+
+
+async def read_capped(reader: asyncio.StreamReader, cap: int) -> bytes:
+    """Everything up to EOF, keeping at most `cap` bytes (StreamReader.read(n) returns as
+    soon as *some* data is there); the rest is drained so the writer never blocks."""
+    buf = bytearray()
+    while chunk := await reader.read(1 << 16):
+        if len(buf) < cap:
+            buf += chunk[: cap - len(buf)]
+    return bytes(buf)
 
 
 def first_message(items: list[dict[str, Any]]) -> str | None:

@@ -105,6 +105,8 @@ class Server:
             self.warm_error = str(e)
             log.error("warming the build cache failed: %s", e)
             return
+        # issue 6 hook (pipeline owner): index the warm cache for the build fast path
+        await self.pipeline.warm_fast_path()
         self.ready = True
         log.info("build cache warm in %.1f s (%s, sandbox %s)", time.monotonic() - started,
                  self.tools.version, self.sandbox.mode)
@@ -198,6 +200,7 @@ class Server:
         job.state = "running"
         job.started_at = time.monotonic()
         job.task = asyncio.get_running_loop().create_task(self._degraded_run(job))
+        job.task.add_done_callback(job.ensure_finished)
         return True
 
     async def _degraded_run(self, job: Job) -> None:

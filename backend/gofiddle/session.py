@@ -24,6 +24,7 @@ CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008
 CLOSE_TRY_AGAIN = 1013
 CLOSE_FLUSH_SECONDS = 1.0
+SLOW_CLIENT_FACTOR = 4  # non-output frames queued beyond credits x this: not reading
 
 
 class SlowClient(Exception):
@@ -37,29 +38,52 @@ class Session:
         self.client = client
         self.id = uuid.uuid4().hex[:16]
         self.job: Job | None = None
-        self.outbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(
-            server.s.send_queue_frames)
+        # output frames take a credit (backpressure on the program); other frames never
+        # wait, but a client this far behind on them is not reading at all
+        self.credit_limit = server.s.send_queue_frames
+        self._credits = asyncio.Semaphore(self.credit_limit)
+        self.outbox: asyncio.Queue[tuple[dict[str, Any] | None, bool]] = asyncio.Queue()
         self.closed = False
         self._side_tasks: set[asyncio.Task[None]] = set()
         self._sender_task: asyncio.Task[None] | None = None
 
     # ---- sending --------------------------------------------------------
     async def emit(self, frame: dict[str, Any]) -> None:
-        """Wait for room in the outbox: a slow reader slows the program's output down
-        instead of growing the server's memory."""
+        """Output waits for a credit: a slow reader slows the program down instead of
+        growing the server's memory. Anything else is queued at once."""
         if self.closed:
             return
-        await self.outbox.put(frame)
+        if frame.get("type") != "output":
+            self._put(frame, credited=False)
+            return
+        await self._credits.acquire()
+        if self.closed:
+            return
+        self._put(frame, credited=True)
 
     def notify(self, frame: dict[str, Any]) -> None:
+        if not self.closed:
+            self._put(frame, credited=False)
+
+    def _put(self, frame: dict[str, Any] | None, credited: bool) -> None:
+        if self.outbox.qsize() >= self.credit_limit * SLOW_CLIENT_FACTOR:
+            self._close_slow()
+            return
+        self.outbox.put_nowait((frame, credited))
+
+    def _close_slow(self) -> None:
+        if not self.closed:
+            self._mark_closed()
+            self.server.metrics.rejected.labels(reason="slow_client").inc()
+            asyncio.get_running_loop().create_task(self._abort())
+
+    def _mark_closed(self) -> None:
         if self.closed:
             return
-        try:
-            self.outbox.put_nowait(frame)
-        except asyncio.QueueFull:
-            # a client this far behind is not reading at all
-            self.closed = True
-            asyncio.get_running_loop().create_task(self._abort())
+        self.closed = True
+        # wake every emitter waiting for a credit: they see `closed` and return
+        for _ in range(self.credit_limit):
+            self._credits.release()
 
     async def _abort(self) -> None:
         with contextlib.suppress(Exception):
@@ -67,10 +91,12 @@ class Session:
 
     async def _sender(self) -> None:
         while True:
-            frame = await self.outbox.get()
+            frame, credited = await self.outbox.get()
             if frame is None:
                 return
             await self.ws.send_text(json.dumps(frame, ensure_ascii=False))
+            if credited:
+                self._credits.release()
 
     # ---- the connection -------------------------------------------------
     async def serve(self) -> None:
@@ -100,7 +126,7 @@ class Session:
                 t.cancel()
             await asyncio.gather(sender, receiver, return_exceptions=True)
         finally:
-            self.closed = True
+            self._mark_closed()
             await self._teardown()
             s.sessions.discard(self)
             s.metrics.sessions_active.dec()
@@ -117,10 +143,10 @@ class Session:
         """Used by the server at shutdown: flush what is queued (a client that does not
         read gets a short grace), then close with `code`."""
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.outbox.put(None), CLOSE_FLUSH_SECONDS)
+            self.outbox.put_nowait((None, False))
             if self._sender_task is not None:
                 await asyncio.wait_for(asyncio.shield(self._sender_task), CLOSE_FLUSH_SECONDS)
-        self.closed = True
+        self._mark_closed()
         with contextlib.suppress(Exception):
             await self.ws.close(code, reason)
 
