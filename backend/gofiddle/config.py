@@ -99,6 +99,9 @@ class Settings:
     run_cpu_seconds: int = field(default=10, metadata={"help": "program CPU seconds (hard)"})
     run_memory_bytes: int = field(default=256 * MiB, metadata={"help": "program memory"})
     run_pids: int = field(default=64, metadata={"help": "program pids/threads"})
+    run_cpu_cores: float = field(
+        default=1.0, metadata={"help": "program CPU quota in cores (cgroup cpu)"}
+    )
     run_file_bytes: int = field(default=16 * MiB, metadata={"help": "program file size"})
     run_tmp_bytes: int = field(default=16 * MiB, metadata={"help": "program /tmp size"})
     run_open_files: int = field(default=256, metadata={"help": "program open files"})

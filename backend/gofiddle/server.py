@@ -158,6 +158,7 @@ class Server:
         await self.pool.stop()
         if self.store is not None:
             self.store.close()
+        self.sandbox.close()
 
     def readiness(self) -> dict[str, Any]:
         return {
@@ -315,7 +316,13 @@ class Server:
                 async def refmt(body: str) -> str | None:
                     return (await gofmt(body))[0]
 
-                out = await stdimports.fix_imports(out, self.pipeline, refmt)
+                try:
+                    out = await stdimports.fix_imports(out, self.pipeline, refmt)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    # a fixer bug must not cost the user the gofmt result
+                    log.exception("fixing imports failed")
         if not multi:
             return out[next(iter(out))], []
         parts = []

@@ -48,11 +48,13 @@ class Limits:
     file_bytes: int
     open_files: int
     tmp_bytes: int
+    cpu_cores: float | None = None
 
     @classmethod
     def for_program(cls, s: Settings) -> Limits:
         return cls(s.run_seconds, s.run_cpu_seconds, s.run_memory_bytes, s.run_pids,
-                   s.run_file_bytes, s.run_open_files, s.run_tmp_bytes)
+                   s.run_file_bytes, s.run_open_files, s.run_tmp_bytes,
+                   s.run_cpu_cores or None)
 
     @classmethod
     def for_toolchain(cls, s: Settings, wall_seconds: float) -> Limits:
@@ -204,6 +206,11 @@ class Sandbox:
                                          "hierarchy or cgroup v2 with those controllers")
             log.warning(msg)
 
+    def close(self) -> None:
+        if self.cgroups is not None:
+            with contextlib.suppress(Exception):
+                self.cgroups.close()
+
     def status(self) -> dict[str, Any]:
         return {
             "mode": self.mode,
@@ -269,7 +276,8 @@ class Sandbox:
             name = f"{self._prefix}{next(self._counter)}"
             cgroup = await asyncio.to_thread(
                 self.cgroups.create, name,
-                CgroupLimits(memory_bytes=limits.memory_bytes, pids=limits.pids))
+                CgroupLimits(memory_bytes=limits.memory_bytes, pids=limits.pids,
+                             cpu_cores=limits.cpu_cores))
         try:
             if self.mode == "bwrap":
                 from . import seccomp
