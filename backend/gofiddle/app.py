@@ -16,7 +16,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 from starlette.websockets import WebSocket
 
-from . import protocol
+from . import playground_api, protocol
 from .config import Settings
 from .server import Rejection, Server
 from .session import Session
@@ -171,6 +171,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics),
+        *playground_api.routes(server),
         WebSocketRoute("/ws", ws_endpoint),
         Mount("/static", StaticFiles(directory=str(statics), check_dir=False), name="static"),
     ]

@@ -453,7 +453,8 @@ async def typecheck(pipeline: Pipeline, text: str, *, all_errors: bool = True
             if any(n.endswith("_test.go") for n in ws.files.files):
                 # without -test, go list never compiles _test.go files
                 extra.append("-test")
-            argv = argv[:2] + extra + argv[2:]
+            at = argv.index("list") + 1 if "list" in argv else len(argv) - 1
+            argv = argv[:at] + extra + argv[at:]
             wall = pipeline.s.check_seconds
             run = await pipeline.run_tool(argv, ws, wall)
             items = toolchain.parse_check(run.stdout, str(ws.src), ws.files.display)
