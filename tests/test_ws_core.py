@@ -371,3 +371,15 @@ async def test_health_and_ready(server):
         assert (await http.get("/healthz")).status_code == 200
         r = await http.get("/readyz")
         assert r.status_code == 200 and r.json()["warm"] is True
+
+
+async def test_idle_session_is_closed(start_server):
+    import websockets
+
+    srv = start_server(idle_session_seconds=1)
+    c = await Client.connect(srv.ws_url)
+    await c.send({"type": "ping", "id": "p"})
+    assert await c.recv() == {"type": "pong", "id": "p"}
+    with pytest.raises(websockets.ConnectionClosed) as closed:
+        await c.recv(timeout=5)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
