@@ -89,8 +89,10 @@ class ServerHandle:
 
 
 def launch(tmp: Path, *, wait_ready: bool = True, data_dir: Path | None = None,
-           **settings: Any) -> ServerHandle:
-    """`data_dir` reuses a directory (restart tests); by default each server gets its own."""
+           env: dict[str, str] | None = None, **settings: Any) -> ServerHandle:
+    """`data_dir` reuses a directory (restart tests); by default each server gets its own.
+    `env` adds variables to the server process's environment (e.g. a secret that sandboxed
+    programs must not be able to read)."""
     port = free_port()
     data_dir = data_dir if data_dir is not None else tmp / f"data-{port}"
     GOCACHE.mkdir(parents=True, exist_ok=True)
@@ -109,9 +111,10 @@ def launch(tmp: Path, *, wait_ready: bool = True, data_dir: Path | None = None,
         else:
             args += [flag, str(value)]
     log_path = tmp / f"server-{port}.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GOFIDDLE_")}
+    server_env = {k: v for k, v in os.environ.items() if not k.startswith("GOFIDDLE_")}
+    server_env.update(env or {})
     proc = subprocess.Popen(args, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT,
-                            env=env, cwd=ROOT)
+                            env=server_env, cwd=ROOT)
     handle = ServerHandle(proc, port, data_dir, log_path, opts)
     if wait_ready:
         wait_until_ready(handle)
@@ -235,6 +238,8 @@ def leftovers(server: ServerHandle) -> list[int]:
         argv = _cmdline(int(entry.name))
         if not argv:
             continue
+        if argv[0] == "/prog" and _other_servers_job(int(entry.name), server.pid):
+            continue  # another test session's server runs jobs on this machine too
         if argv[0] == "/prog" or any(marker in a for a in argv):
             try:
                 state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -243,6 +248,18 @@ def leftovers(server: ServerHandle) -> list[int]:
             if state != "Z":
                 found.add(int(entry.name))
     return sorted(found)
+
+
+def _other_servers_job(pid: int, server_pid: int) -> bool:
+    """True when pid sits in the job cgroup of another gofiddle server (cgroup paths
+    are gofiddle/<server pid>-<start time>/<job>); a process in none is counted."""
+    try:
+        text = Path(f"/proc/{pid}/cgroup").read_text()
+    except OSError:
+        return False
+    owners = {part.split("-", 1)[0] for line in text.splitlines()
+              for part in line.split("/gofiddle/")[1:]}
+    return bool(owners) and str(server_pid) not in owners
 
 
 def settle(server: ServerHandle, within: float = 1.0) -> list[int]:

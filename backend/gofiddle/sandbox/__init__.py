@@ -33,6 +33,7 @@ Kind = Literal["toolchain", "program"]
 SANDBOX_HOSTNAME = "play"
 NOBODY = 65534
 HOST_PATH = "/usr/bin:/bin"
+DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom")
 
 
 class SandboxUnavailable(RuntimeError):
@@ -248,10 +249,20 @@ class Sandbox:
         ]
         for key, value in env.items():
             args += ["--setenv", key, value]
-        args += ["--dev", "/dev", "--size", str(limits.tmp_bytes), "--tmpfs", "/tmp"]
+        # not --dev: that adds a devpts instance (/dev/ptmx), i.e. ptys from the global
+        # kernel.pty.max pool and the tty line-discipline code (n_gsm and friends), which
+        # no playground program needs. The five nodes below are all Go and its tools use.
+        args += ["--tmpfs", "/dev"]
+        for node in DEVICES:
+            args += ["--dev-bind", node, node]
+        args += ["--size", str(limits.tmp_bytes), "--tmpfs", "/tmp"]
         for b in binds:
             args += ["--bind" if b.writable else "--ro-bind", str(b.src), b.target]
-        args += ["--chdir", cwd, "--seccomp", str(seccomp_fd), "--remount-ro", "/", "--"]
+        # /dev is a tmpfs the sandbox user owns (bwrap maps the setup uid to it): without
+        # this, /dev/anything is writable scratch space outside the bounded /tmp. The device
+        # nodes are bind mounts of their own, so /dev/null stays writable.
+        args += ["--chdir", cwd, "--seccomp", str(seccomp_fd),
+                 "--remount-ro", "/dev", "--remount-ro", "/", "--"]
         return args
 
     def _wrap_cgroup(self, procs_files: Sequence[str]) -> list[str]:
