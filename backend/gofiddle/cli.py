@@ -99,11 +99,54 @@ class GracefulServer(uvicorn.Server):
         loop.call_soon_threadsafe(lambda: loop.create_task(drain_then_exit()))
 
 
+def add_bench_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--n", type=int, default=64, help="distinct programs (a) and (b)")
+    p.add_argument("--sessions", type=int, default=16, help="concurrent sessions in (b)")
+    p.add_argument("--idle-sessions", type=int, default=500, help="idle sessions in (d)")
+    p.add_argument("--repeats", type=int, default=25, help="sequential runs in (c) and (e)")
+    p.add_argument("--gocache-dir", default="",
+                   help="shared Go build cache (default: .cache/gocache of the checkout, "
+                   "as the tests use)")
+    p.add_argument("--json", default="", help="also write the results here")
+    p.add_argument("--server-option", action="append", default=[], metavar="NAME=VALUE",
+                   help="a setting for the benchmarked servers, e.g. fast_path=false")
+    p.add_argument("--ideas", action="store_true",
+                   help="instead: micro-benchmarks of the alternatives (in-process)")
+
+
+def bench(args: argparse.Namespace) -> int:
+    """The benchmark lives in bench/ at the repository root, beside backend/: a checkout
+    (editable install) has it, and it needs nothing a checkout does not have."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    if (root / "bench" / "e2e.py").exists() and str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    try:
+        from bench import e2e, ideas
+    except ImportError as e:
+        print(f"gofiddle bench needs the repository checkout (bench/): {e}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.WARNING)
+    gocache = Path(args.gocache_dir).resolve() if args.gocache_dir else root / ".cache" / "gocache"
+    if args.ideas:
+        results = ideas.run_ideas(gocache)
+    else:
+        options = dict(o.split("=", 1) for o in args.server_option if "=" in o)
+        results = e2e.run(n=args.n, sessions=args.sessions, idle=args.idle_sessions,
+                          repeats=args.repeats, gocache=gocache, options=options)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gofiddle", description="An online Go playground.")
     sub = parser.add_subparsers(dest="command", required=True)
     p_serve = sub.add_parser("serve", help="start the server")
     config.add_arguments(p_serve)
+    p_bench = sub.add_parser("bench", help="measure the playground against plain go build")
+    add_bench_arguments(p_bench)
     args = parser.parse_args(argv)
     if args.command == "serve":
         try:
@@ -111,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
         except (TypeError, ValueError) as e:
             parser.error(str(e))
         return serve(settings)
+    if args.command == "bench":
+        return bench(args)
     return 2
 
 

@@ -91,6 +91,8 @@ class Settings:
         default=1, metadata={"help": "compile -c on the fast path"})
     concurrent_vet: bool = field(
         default=True, metadata={"help": "fast path: run vet beside compile+link"})
+    fast_single_spawn: bool = field(
+        default=True, metadata={"help": "fast path: compile, link, vet in one sandbox spawn"})
     fast_extra_packages: int = field(
         default=64, metadata={"help": "std packages added to the fast path index on demand"})
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
+import hashlib
+import json
 import logging
 import os
 import shutil
@@ -24,6 +26,7 @@ log = logging.getLogger(__name__)
 
 TOOL_OUTPUT_CAP = 1 << 20  # the toolchain's own chatter; more than this is never useful
 PUMP_DRAIN_SECONDS = 0.5  # after exit, how long orphans may hold the pipes open
+REFRESH_BACKOFF_SECONDS = 60.0  # after a failed fast-path index refresh
 
 
 def human_bytes(n: int) -> str:
@@ -51,6 +54,9 @@ class Plan:
     test: bool
     fast: fastpath.FastPlan | None  # None: go build
     why_slow: str = ""
+    # standard-library imports missing from the index: once go build has compiled them,
+    # a refresh adds them and the next such snippet takes the fast path
+    want: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -112,9 +118,13 @@ class Pipeline:
         self.index: fastpath.StdIndex | None = None
         self._refresh: asyncio.Task[None] | None = None
         self._refresh_again = False
+        self._refresh_failed_at = -1e9
         self._wanted: set[str] = set()  # std imports that sent a run to go build
         self._inflight: dict[str, asyncio.Event] = {}
         self.builds = {"fast": 0, "slow": 0}
+        self.helper_dir = settings.data_path / "tools"
+        self.helper: Path | None = None
+        self._building_helper = False
 
     # ---- workspaces -----------------------------------------------------
     def prepare_dirs(self) -> None:
@@ -172,17 +182,20 @@ class Pipeline:
 
     def fast_env(self) -> dict[str, str]:
         """The go command's environment, tuned for one short-lived tool process: one
-        thread and no GC (GOMEMLIMIT still collects before the sandbox's memory limit)
-        cost less CPU than the defaults for a playground-sized package."""
+        thread and no GC cost less CPU than the defaults for a playground-sized package
+        (docs/benchmarks.md). GOMEMLIMIT makes the GC start before the sandbox's memory
+        limit: a quarter each, as compile, link and vet may share one sandbox."""
         env = self.tools.env(self.s, self.gocache, self.config_dir)
         env["GOMAXPROCS"] = str(self.s.fast_gomaxprocs)
         env["GOGC"] = self.s.fast_gogc
-        env["GOMEMLIMIT"] = f"{max(64, self.s.build_memory_bytes // 2 >> 20)}MiB"
+        env["GOMEMLIMIT"] = f"{max(64, self.s.build_memory_bytes // 4 >> 20)}MiB"
         return env
 
     async def run_tool(self, argv: list[str], ws: Workspace, wall: float,
                        stdin_data: bytes | None = None, env: dict[str, str] | None = None,
-                       cap: int = TOOL_OUTPUT_CAP) -> ToolRun:
+                       cap: int = TOOL_OUTPUT_CAP, dot_stderr: bool = False,
+                       raw: bool = False, extra_binds: tuple[Bind, ...] = ()) -> ToolRun:
+        """`raw`: stdout and stderr not scrubbed (the caller parses them first)."""
         start = time.monotonic()
         limits = Limits.for_toolchain(self.s, wall)
         if env is None:
@@ -191,8 +204,8 @@ class Pipeline:
         outcome: Outcome | None = None
         out = err = b""
         async with self.sandbox.spawn(argv, kind="toolchain", limits=limits,
-                                      binds=self.tool_binds(ws), env=env, cwd=str(ws.src),
-                                      stdin=stdin_data is not None) as sp:
+                                      binds=[*self.tool_binds(ws), *extra_binds], env=env,
+                                      cwd=str(ws.src), stdin=stdin_data is not None) as sp:
             try:
                 async with asyncio.timeout(wall):
                     if stdin_data is not None and sp.stdin is not None:
@@ -208,6 +221,12 @@ class Pipeline:
         ms = int((time.monotonic() - start) * 1000)
         rc = outcome.returncode if outcome is not None else -9
         job_dir = str(ws.src)
+        if raw:
+            return ToolRun(rc, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"),
+                           outcome, timed_out, ms)
+        if dot_stderr:
+            # what the go command does to its tools' text output: the package dir is "."
+            err = err.replace(job_dir.encode() + b"/", b"./")
         return ToolRun(rc, toolchain.scrub(out.decode("utf-8", "replace"), job_dir),
                        toolchain.scrub(err.decode("utf-8", "replace"), job_dir),
                        outcome, timed_out, ms)
@@ -236,6 +255,8 @@ class Pipeline:
     def schedule_refresh(self) -> None:
         if not self.s.fast_path:
             return
+        if time.monotonic() - self._refresh_failed_at < REFRESH_BACKOFF_SECONDS:
+            return  # a broken toolchain or cache: go build it is, for a while
         if self._refresh is not None and not self._refresh.done():
             self._refresh_again = True
             return
@@ -251,7 +272,13 @@ class Pipeline:
             except Exception:
                 log.exception("fast path: refreshing the index failed; using go build")
                 self.index = None
+                self._refresh_failed_at = time.monotonic()
                 return
+            if self.helper is None:
+                try:
+                    await self.ensure_helper()
+                except Exception:
+                    log.exception("fast path: no helper; compile, link and vet spawn apart")
             if not self._refresh_again:
                 return
 
@@ -299,25 +326,35 @@ class Pipeline:
             return None
         missing = index.missing_build(plan.fast)
         if missing:
-            want = [p for p in missing if fastpath.is_public_std(p)]
-            if want and len(self._wanted) < self.s.fast_extra_packages:
-                # go build compiles it into the cache now; the next refresh indexes it
-                self._wanted.update(want[: self.s.fast_extra_packages - len(self._wanted)])
+            plan.want = [p for p in missing if fastpath.is_public_std(p)]
             plan.why_slow = f"not indexed: {', '.join(missing[:3])}"
             return None
         return index
 
-    def index_intact(self, index: fastpath.StdIndex, plan: fastpath.FastPlan,
-                     vet: bool) -> bool:
+    def learn_imports(self, plan: Plan) -> None:
+        """After go build succeeded with std imports the index lacks: index them."""
+        room = self.s.fast_extra_packages - len(self._wanted)
+        new = [p for p in plan.want if p not in self._wanted][:max(0, room)]
+        if new:
+            self._wanted.update(new)
+            self.schedule_refresh()
+
+    def missing_file(self, index: fastpath.StdIndex, plan: fastpath.FastPlan,
+                     vet: bool) -> str | None:
         """The build cache may have been trimmed or wiped since the index was made."""
         for f in fastpath.needed_files(index, plan, vet):
             if not os.path.exists(f):
-                log.info("fast path: %s is gone from the build cache; refreshing", f)
-                if self.index is index:
-                    self.index = None
-                self.schedule_refresh()
-                return False
-        return True
+                return f
+        return None
+
+    def prepare_fast(self, ws: Workspace, index: fastpath.StdIndex,
+                     plan: fastpath.FastPlan, vet: bool) -> str | None:
+        """In a worker thread: check the cache files, write the tools' inputs. Returns the
+        first missing cache file, if any (then nothing is written)."""
+        missing = self.missing_file(index, plan, vet)
+        if missing is None:
+            self.write_fast_inputs(ws, index, plan, vet)
+        return missing
 
     def write_fast_inputs(self, ws: Workspace, index: fastpath.StdIndex,
                           plan: fastpath.FastPlan, vet: bool) -> None:
@@ -333,34 +370,134 @@ class Pipeline:
         """A fast-path tool that failed on the build cache, not on the user's code."""
         return run.returncode != 0 and str(self.gocache) in (run.stdout + run.stderr)
 
-    # ---- build and vet --------------------------------------------------
-    async def fast_build(self, ws: Workspace, plan: fastpath.FastPlan) -> tuple[ToolRun, str]:
-        """compile, then link: two sandboxed processes (there is no shell to chain them
-        in one, and none is worth adding: a spawn costs ~6 ms)."""
+    # ---- the single-spawn helper -----------------------------------------
+    async def ensure_helper(self) -> None:
+        """Build fastbuild (fastpath.HELPER_SOURCE) with the fast path itself, once per
+        toolchain: it lets compile, link and vet share one sandbox spawn."""
+        if not self.s.fast_single_spawn or self.index is None:
+            return
+        digest = hashlib.sha256((fastpath.HELPER_SOURCE + self.tools.version).encode())
+        target = self.helper_dir / f"fastbuild-{digest.hexdigest()[:16]}"
+        if target.exists():
+            self.helper = target
+            return
+        if self._building_helper:
+            return
+        self._building_helper = True
+        try:
+            await self._build_helper(target)
+        finally:
+            self._building_helper = False
+
+    async def _build_helper(self, target: Path) -> None:
+        plan = self.plan(fastpath.HELPER_SOURCE, "build")
+        index = self.fast_index(plan)
+        if plan.fast is None or index is None:
+            log.warning("fast path: cannot build the helper (%s); using one spawn per tool",
+                        plan.why_slow)
+            return
+        async with self.open_workspace(fastpath.HELPER_SOURCE, "build", plan) as ws:
+            await asyncio.to_thread(self.write_fast_inputs, ws, index, plan.fast, False)
+            run, text = await self.fast_build(ws, plan.fast)
+            if run.returncode != 0:
+                log.warning("fast path: building the helper failed: %s", text[-1000:])
+                return
+            self.helper_dir.mkdir(parents=True, exist_ok=True)
+            tmp = self.helper_dir / f"tmp-{uuid.uuid4().hex}"
+            shutil.copyfile(ws.binary, tmp)
+            os.chmod(tmp, 0o555)
+            os.replace(tmp, target)
+        self.helper = target
+
+    def _helper_step(self, argv: list[str], env: dict[str, str]) -> dict[str, Any]:
+        return {"argv": argv, "env": [f"{k}={v}" for k, v in env.items()]}
+
+    async def helper_build(self, ws: Workspace, plan: fastpath.FastPlan, vet: bool,
+                           helper: Path) -> tuple[ToolRun, str, ToolRun | None]:
+        """compile, link and (beside them) vet in one sandboxed process tree."""
         env = self.fast_env()
         archive = str(ws.out / "main.a")
-        compiled = await self.run_tool(
-            self.tools.compile_cmd(archive, str(ws.out / "importcfg"), str(ws.src),
-                                   plan.module, plan.lang, list(plan.files),
-                                   self.s.fast_compile_concurrency),
-            ws, self.s.build_seconds, env=env)
+        steps: dict[str, Any] = {
+            "compile": self._helper_step(self.compile_argv(ws, plan, archive), env),
+            # as go build -trimpath: no GOROOT baked into the binary
+            "link": self._helper_step(self.link_argv(ws, archive), {**env, "GOROOT": ""}),
+            "vet": self._helper_step(self.tools.vet_tool_cmd(str(ws.out / "vet.cfg")), env)
+            if vet else None,
+        }
+        spec = ws.out / "fastbuild.json"
+        await asyncio.to_thread(spec.write_text, json.dumps(steps))
+        wall = self.s.build_seconds
+        run = await self.run_tool([str(helper), str(spec)], ws, wall, env=env, raw=True,
+                                  cap=4 * TOOL_OUTPUT_CAP, extra_binds=(Bind(helper),))
+        try:
+            res = json.loads(run.stdout) if run.returncode == 0 else {}
+        except ValueError:
+            res = {}
+        if "compile" not in res:
+            # killed (timeout, memory) or broken: report it as the build's failure
+            run.stdout, run.stderr = "", toolchain.scrub(run.stderr, str(ws.src))
+            if run.returncode == 0:
+                run.returncode = 1
+            return run, run.stderr, None
+        src = str(ws.src)
+
+        def tool(r: dict[str, Any], vet: bool = False) -> ToolRun:
+            # compile and link: one interleaved stream, as go build shows it; vet: two,
+            # its plain text with the package dir as "." (what go vet prints)
+            out = str(r.get("stdout" if vet else "output", ""))
+            err = str(r.get("stderr", "")).replace(src + "/", "./") if vet else ""
+            return ToolRun(int(r.get("rc", 1)), toolchain.scrub(out, src),
+                           toolchain.scrub(err, src), run.outcome, False, int(r.get("ms", 0)))
+
+        result = tool(res["compile"])
+        self.observe("compile", result.ms, "ok" if result.returncode == 0 else "failed")
+        if "link" in res:
+            result = tool(res["link"])
+            self.observe("link", result.ms, "ok" if result.returncode == 0 else "failed")
+        result.ms = run.ms
+        vetted = tool(res["vet"], vet=True) if "vet" in res else None
+        return result, result.stdout, vetted
+
+    def compile_argv(self, ws: Workspace, plan: fastpath.FastPlan, archive: str) -> list[str]:
+        return self.tools.compile_cmd(archive, str(ws.out / "importcfg"), str(ws.src),
+                                      plan.module, plan.lang, list(plan.files),
+                                      self.s.fast_compile_concurrency)
+
+    def link_argv(self, ws: Workspace, archive: str) -> list[str]:
+        return self.tools.link_cmd(str(ws.binary), str(ws.out / "importcfg.link"), archive)
+
+    # ---- build and vet --------------------------------------------------
+    async def fast_build(self, ws: Workspace, plan: fastpath.FastPlan) -> tuple[ToolRun, str]:
+        """compile, then link, each its own sandboxed process (no helper)."""
+        env = self.fast_env()
+        archive = str(ws.out / "main.a")
+        compiled = await self.run_tool(self.compile_argv(ws, plan, archive), ws,
+                                       self.s.build_seconds, env=env)
+        self.observe("compile", compiled.ms, "ok" if compiled.returncode == 0 else "failed")
         if compiled.returncode != 0 or compiled.timed_out:
             return compiled, compiled.stdout + compiled.stderr
         # as go build -trimpath: no GOROOT baked into the binary
         link_env = {**env, "GOROOT": ""}
         linked = await self.run_tool(
-            self.tools.link_cmd(str(ws.binary), str(ws.out / "importcfg.link"), archive),
-            ws, max(1.0, self.s.build_seconds - compiled.ms / 1000), env=link_env)
+            self.link_argv(ws, archive), ws,
+            max(1.0, self.s.build_seconds - compiled.ms / 1000), env=link_env)
+        self.observe("link", linked.ms, "ok" if linked.returncode == 0 else "failed")
         linked.ms += compiled.ms
         return linked, linked.stdout + linked.stderr
 
-    async def build(self, job: Job, ws: Workspace,
-                    index: fastpath.StdIndex | None) -> tuple[Result | None, int, str]:
-        """Returns (failure or None, ms, which path built it)."""
+    async def build(self, job: Job, ws: Workspace, index: fastpath.StdIndex | None,
+                    fast_vet: bool = False) -> tuple[Result | None, int, str, ToolRun | None]:
+        """Returns (failure or None, ms, which path built it, vet's run if the helper
+        already did it)."""
         run: ToolRun | None = None
+        vetted: ToolRun | None = None
         path = "slow"
+        helper = self.helper if self.s.fast_single_spawn else None
         if index is not None and ws.plan is not None and ws.plan.fast is not None:
-            run, text = await self.fast_build(ws, ws.plan.fast)
+            if helper is not None:
+                run, text, vetted = await self.helper_build(ws, ws.plan.fast, fast_vet, helper)
+            else:
+                run, text = await self.fast_build(ws, ws.plan.fast)
             path = "fast"
             if self.is_infra_failure(run):
                 log.warning("fast path build failed on the cache; falling back: %s",
@@ -368,7 +505,7 @@ class Pipeline:
                 if self.index is index:
                     self.index = None
                 self.schedule_refresh()
-                run = None
+                run = vetted = None
         if run is None:
             path = "slow"
             out = str(ws.binary)
@@ -380,7 +517,7 @@ class Pipeline:
                   ws.plan.why_slow if ws.plan else "")
         self.observe("build", run.ms, "ok" if run.returncode == 0 else "failed")
         if run.returncode == 0 and not run.timed_out:
-            return None, run.ms, path
+            return None, run.ms, path, vetted
         reason = self.tool_failure("the build", run, self.s.build_seconds)
         items = toolchain.parse_text(text, str(ws.src), ws.files.display)
         if reason:
@@ -389,12 +526,12 @@ class Pipeline:
         if items:
             await job.emit(protocol.diagnostics(job.id, "build", items))
         return Result(protocol.BUILD_FAILED, message=reason or first_message(items),
-                      timings={"build_ms": run.ms}), run.ms, path
+                      timings={"build_ms": run.ms}), run.ms, path, None
 
     async def run_vet(self, ws: Workspace, fast: bool) -> ToolRun:
         if fast:
             run = await self.run_tool(self.tools.vet_tool_cmd(str(ws.out / "vet.cfg")), ws,
-                                      self.s.vet_seconds, env=self.fast_env())
+                                      self.s.vet_seconds, env=self.fast_env(), dot_stderr=True)
             if not self.is_infra_failure(run):
                 return run
             log.warning("fast path vet failed on the cache; using go vet: %s",
@@ -405,9 +542,18 @@ class Pipeline:
         return await self.run_tool(self.tools.vet_cmd(), ws, self.s.vet_seconds)
 
     async def vet(self, job: Job, ws: Workspace, pending: asyncio.Task[ToolRun] | None = None,
-                  fast: bool = False) -> tuple[Result | None, int]:
+                  fast: bool = False, done: ToolRun | None = None) -> tuple[Result | None, int]:
         await job.emit(protocol.started(job.id, "vet"))
-        run = await pending if pending is not None else await self.run_vet(ws, fast)
+        if done is not None and self.is_infra_failure(done):
+            log.warning("fast path vet failed on the cache; using go vet: %s",
+                        done.stderr[-500:])
+            self.index = None
+            self.schedule_refresh()
+            done = None
+        if done is not None:
+            run = done
+        else:
+            run = await pending if pending is not None else await self.run_vet(ws, fast)
         # go vet -json writes findings to stdout (Go >= 1.26) or stderr (older)
         items = toolchain.parse_vet(run.stdout + "\n" + run.stderr, str(ws.src),
                                     ws.files.display)
@@ -488,12 +634,22 @@ class Pipeline:
     async def run_cached(self, job: Job, plan: Plan, key: str) -> Result | None:
         assert self.cache is not None
         dest = self.jobs_dir / f"{uuid.uuid4().hex}.prog"
-        entry = await asyncio.to_thread(self.cache.get, key, dest)
+        lookup = asyncio.ensure_future(asyncio.to_thread(self.cache.get, key, dest))
+        try:
+            entry = await asyncio.shield(lookup)
+        except asyncio.CancelledError:
+            # the thread still finishes its hard link: remove it once it has
+            lookup.add_done_callback(lambda _: dest.unlink(missing_ok=True))
+            raise
         if entry is None:
             return None
         if self.metrics is not None:
             self.metrics.binary_cache_hits.inc()
         try:
+            # the phases a client expects, answered from the cache (done says cached)
+            await job.emit(protocol.started(job.id, "build"))
+            if job.request.vet and job.request.mode != "build":
+                await job.emit(protocol.started(job.id, "vet"))
             if job.request.mode == "build":
                 return Result(protocol.OK, timings={"build_ms": 0, "run_ms": 0}, cached=True,
                               message="built; not run (mode build)")
@@ -514,10 +670,13 @@ class Pipeline:
         fast_vet = bool(want_vet and index is not None and plan.fast is not None
                         and index.can_vet(plan.fast))
         if index is not None and plan.fast is not None:
-            if self.index_intact(index, plan.fast, fast_vet):
-                await asyncio.to_thread(self.write_fast_inputs, ws, index, plan.fast,
-                                        fast_vet)
-            else:
+            missing = await asyncio.to_thread(self.prepare_fast, ws, index, plan.fast,
+                                              fast_vet)
+            if missing is not None:
+                log.info("fast path: %s is gone from the build cache; refreshing", missing)
+                if self.index is index:
+                    self.index = None
+                self.schedule_refresh()
                 index, fast_vet = None, False
         if req.mode == "vet":
             failed, ms = await self.vet(job, ws, fast=fast_vet)
@@ -529,31 +688,31 @@ class Pipeline:
         started = time.monotonic()
         await job.emit(protocol.started(job.id, "build"))
         pending: asyncio.Task[ToolRun] | None = None
-        if fast_vet and self.s.concurrent_vet:
+        single = self.s.fast_single_spawn and self.helper is not None and index is not None
+        if fast_vet and self.s.concurrent_vet and not single:
             # vet reads only the imports' export data, not the package being compiled
             pending = asyncio.get_running_loop().create_task(self.run_vet(ws, True))
         store: asyncio.Task[bool] | None = None
         try:
-            failed, timings["build_ms"], path = await self.build(job, ws, index)
+            failed, timings["build_ms"], path, vetted = await self.build(
+                job, ws, index, fast_vet and single)
             if failed:
                 return failed
             if want_vet:
-                failed, _ = await self.vet(job, ws, pending, fast_vet)
+                failed, _ = await self.vet(job, ws, pending, fast_vet, vetted)
                 pending = None
                 timings["build_ms"] = int((time.monotonic() - started) * 1000)
                 if failed:
                     failed.timings = timings
                     return failed
             if key is not None and self.cache is not None:
-                if path != ("fast" if index is not None else "slow"):
-                    key = self.cache_key(plan, req, path)
+                # under the path that really built it (a fallback changes it)
+                key = self.cache_key(plan, req, path)
                 # stored while the program runs; awaited before the workspace goes away
                 store = asyncio.get_running_loop().create_task(asyncio.to_thread(
                     self.cache.put, key, ws.binary, {"path": path, "test": plan.test}))
-            if path == "slow" and self._wanted and (
-                    self.index is None or any(p not in self.index.export
-                                              for p in self._wanted)):
-                self.schedule_refresh()
+            if path == "slow" and plan.want:
+                self.learn_imports(plan)
             if req.mode == "build":
                 return Result(protocol.OK, timings=timings,
                               message="built; not run (mode build)")
@@ -563,11 +722,9 @@ class Pipeline:
         finally:
             if pending is not None:
                 pending.cancel()
-                with contextlib.suppress(BaseException):
-                    await pending
+                await asyncio.wait([pending])
             if store is not None:
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(store)
+                await asyncio.wait([store])
 
     def observe(self, phase: str, ms: int, outcome: str) -> None:
         if self.metrics is not None:

@@ -3,6 +3,7 @@ commands, and parsing of what they print into structured diagnostics."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -35,6 +36,24 @@ class Toolchain:
     @property
     def gofmt(self) -> str:
         return str(self.goroot / "bin" / "gofmt")
+
+    @functools.cached_property
+    def tool_dir(self) -> Path:
+        """$GOROOT/pkg/tool/<goos>_<goarch>: compile, link, vet."""
+        found = sorted(p for p in (self.goroot / "pkg" / "tool").glob("*_*")
+                       if (p / "compile").exists())
+        return found[0] if found else self.goroot / "pkg" / "tool" / "unknown_unknown"
+
+    @property
+    def goos_goarch(self) -> tuple[str, str]:
+        goos, _, goarch = self.tool_dir.name.partition("_")
+        return goos, goarch
+
+    @property
+    def minor(self) -> str:
+        """'go1.27.3' -> '1.27'."""
+        parts = self.version.removeprefix("go").split(".")
+        return ".".join(parts[:2])
 
     @classmethod
     def locate(cls) -> Toolchain:
@@ -100,6 +119,34 @@ class Toolchain:
     def check_cmd(self) -> list[str]:
         # -export compiles (type-checks) without linking: fast enough to run while typing
         return [self.go, "list", "-e", "-export", "-json=ImportPath,Error,DepsErrors", "./..."]
+
+    # ---- the fast path: the tools go build would run, called directly ------
+    def list_export_cmd(self, packages: list[str]) -> list[str]:
+        # -tags timetzdata as build_cmd: `time` then imports time/tzdata, and the export
+        # files are the very ones go build uses (same action IDs in the cache)
+        return [self.go, "list", "-e", "-export", "-tags", "timetzdata", "-deps", "-f",
+                "{{.ImportPath}}\t{{.Export}}\t{{if .Error}}E{{end}}\t"
+                "{{join .Imports \" \"}}", *packages]
+
+    def vet_facts_cmd(self) -> list[str]:
+        # -x prints the vet.cfg go vet writes, with the facts files of every import
+        return [self.go, "vet", "-x", "-json", "."]
+
+    def compile_cmd(self, out: str, importcfg: str, src: str, module: str, lang: str,
+                    files: list[str], concurrency: int) -> list[str]:
+        """As go build -trimpath runs it for a main package of the module root."""
+        return [str(self.tool_dir / "compile"), "-o", out,
+                "-trimpath", f"{src}=>{module};{os.path.dirname(out)}=>",
+                "-p", "main", f"-lang={lang}", "-complete", "-goversion", self.version,
+                f"-c={concurrency}", "-nolocalimports", "-importcfg", importcfg, "-pack",
+                *[f"./{f}" for f in files]]
+
+    def link_cmd(self, out: str, importcfg: str, archive: str) -> list[str]:
+        return [str(self.tool_dir / "link"), "-o", out, "-importcfg", importcfg,
+                "-buildmode=exe", "-s", "-w", archive]
+
+    def vet_tool_cmd(self, cfg: str) -> list[str]:
+        return [str(self.tool_dir / "vet"), "-json", cfg]
 
     def warm_cmds(self, packages: list[str], out: str) -> list[list[str]]:
         return [
