@@ -404,10 +404,7 @@ CASES = [
     # the linker names itself by its full path, which is the server's GOROOT
     Case("tool errors show no server path",
          prog("fmt", "\tfmt.Println(a[1])\n", "var a = [1 << 26]int{2}\n\n"),
-         "build_failed", ("file too large",), absent=(str(ROOT),),
-         marks=(pytest.mark.xfail(
-             strict=True, reason="pipeline.run_tool does not pass the GOROOT to "
-             "toolchain.scrub; remove this mark with the fix"),)),
+         "build_failed", ("file too large",), absent=(str(ROOT),)),
     Case("compile-time bomb: slice literal with a huge index",
          prog("fmt", "\tfmt.Println(len(a))\n", "var a = []int{1 << 28: 1}\n\n"),
          "build_failed", max_seconds=25.0),

@@ -154,3 +154,21 @@ def test_breaker_opens_half_opens_and_closes():
     assert changes == [OPEN, HALF_OPEN, OPEN, HALF_OPEN, CLOSED]
     now[0] = 26.0
     assert b.observe(0) == CLOSED
+
+
+def test_eta_simulates_workers_and_long_running_jobs():
+    import time as _time
+
+    from gofiddle.jobs import JobQueue, ServiceTimes
+
+    times = ServiceTimes(window=5, default_ms=1000)
+    q = JobQueue(capacity=10, workers=2, times=times, max_wait=0)
+    # idle workers: the first two start at once, the next two one job-time later
+    assert q.etas_ms(4) == [0, 0, 1000, 1000]
+    # both workers busy with jobs that already ran 4 s, far past the 1 s average:
+    # they are taken to be about half done, not about to finish
+    now = _time.monotonic()
+    q.running_started = lambda: [now - 4, now - 4]
+    q.max_job_seconds = 60
+    etas = q.etas_ms(2)
+    assert 3500 <= etas[0] <= 4500 and etas == sorted(etas)

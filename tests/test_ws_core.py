@@ -383,3 +383,39 @@ async def test_idle_session_is_closed(start_server):
     with pytest.raises(websockets.ConnectionClosed) as closed:
         await c.recv(timeout=5)
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
+
+
+async def test_stdout_and_stderr_keep_their_order(server):
+    # coalescing must not regroup lines printed a little apart on different streams
+    c = await Client.connect(server.ws_url)
+    src = ('package main\n\nimport (\n\t"fmt"\n\t"os"\n\t"time"\n)\n\nfunc main() {\n'
+           '\tfor i := 0; i < 4; i++ {\n\t\tfmt.Println("out", i)\n'
+           '\t\ttime.Sleep(3 * time.Millisecond)\n\t\tfmt.Fprintln(os.Stderr, "err", i)\n'
+           '\t\ttime.Sleep(3 * time.Millisecond)\n\t}\n}\n')
+    frames = await c.run(src)
+    seq = [(f["stream"], line) for f in frames if f["type"] == "output"
+           for line in f["data"].splitlines()]
+    expected = [(s, f"{s[3:]} {i}") for i in range(4) for s in ("stdout", "stderr")]
+    assert seq == expected
+    await c.close()
+
+
+def test_missing_bwrap_is_a_clear_startup_error(tmp_path):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "gofiddle", "serve", "--port", "1",
+                        "--bwrap-path", "/nonexistent/bwrap", "--data-dir", str(tmp_path)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert "apt-get install bubblewrap" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_sandbox_none_refuses_public_address(tmp_path):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "gofiddle", "serve", "--sandbox", "none",
+                        "--host", "0.0.0.0", "--port", "1", "--data-dir", str(tmp_path)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "refusing" in r.stderr and "SANDBOX DISABLED" in r.stderr

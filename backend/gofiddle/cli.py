@@ -54,6 +54,7 @@ def is_loopback(host: str) -> bool:
 
 def serve(settings: config.Settings) -> int:
     from .app import create_app
+    from .sandbox import SandboxUnavailable
 
     setup_logging(settings.log_level)
     log = logging.getLogger("gofiddle")
@@ -65,6 +66,12 @@ def serve(settings: config.Settings) -> int:
                       "enable the bwrap sandbox", settings.host)
             return 2
     app = create_app(settings)
+    try:
+        # before uvicorn: a sandbox that cannot work is a one-line error, not a traceback
+        app.state.server.sandbox.setup()
+    except SandboxUnavailable as e:
+        log.error("cannot start: %s", e)
+        return 2
     uv_config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_config=None,
         ws_max_size=settings.frame_bytes, ws_ping_interval=settings.ping_interval_seconds,

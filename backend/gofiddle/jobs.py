@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
-import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
@@ -212,6 +212,9 @@ class JobQueue:
         self._ready = asyncio.Condition()
         self._on_change = on_change
         self.expired_handler: Callable[[Job], Awaitable[None]] | None = None
+        # start times of running jobs, and the longest a job may take: for ETAs
+        self.running_started: Callable[[], list[float]] = list
+        self.max_job_seconds = 60.0
 
     def __len__(self) -> int:
         return len(self.ring)
@@ -221,8 +224,31 @@ class JobQueue:
         return self.ring.capacity
 
     def eta_ms(self, position: int) -> int:
-        rounds = math.ceil(position / self.workers)
-        return int(rounds * self.times.mean_ms)
+        return self.etas_ms(position)[-1]
+
+    def etas_ms(self, count: int) -> list[int]:
+        """How long until each of the next `count` queued jobs starts: simulate the workers,
+        each free once its running job is done. A running job that has already outlived
+        the average is assumed to be about half done (capped by the longest a job may
+        take), so a burst of slow programs does not leave everyone behind a too-short
+        estimate."""
+        mean = self.times.mean_ms / 1000
+        now = time.monotonic()
+        free: list[float] = []
+        for started in self.running_started()[: self.workers]:
+            elapsed = now - started
+            remaining = mean - elapsed
+            if remaining <= 0:
+                remaining = min(elapsed, max(0.0, self.max_job_seconds - elapsed))
+            free.append(max(0.0, remaining))
+        free += [0.0] * (self.workers - len(free))
+        heapq.heapify(free)
+        starts = []
+        for _ in range(count):
+            t = heapq.heappop(free)
+            starts.append(t)
+            heapq.heappush(free, t + mean)
+        return [int(t * 1000) for t in starts]
 
     def retry_after_ms(self, floor_ms: int) -> int:
         return max(floor_ms, int(len(self.ring) / self.workers * self.times.mean_ms))
@@ -281,10 +307,13 @@ class JobQueue:
 
     def _changed(self) -> None:
         length = len(self.ring)
+        etas: list[int] | None = None
         for position, job in enumerate(self.ring, start=1):
             if job.position != position:
+                if etas is None:
+                    etas = self.etas_ms(length)
                 job.position = position
-                job.notify(protocol.queued(job.id, position, length, self.eta_ms(position)))
+                job.notify(protocol.queued(job.id, position, length, etas[position - 1]))
         if self._on_change is not None:
             self._on_change()
 

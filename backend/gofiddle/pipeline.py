@@ -97,6 +97,10 @@ class OutputBudget:
 class RunState:
     budget: OutputBudget
     tail: list[str] = field(default_factory=list)  # for test diagnostics
+    # set by one stream's pump when it gets data, so the other flushes what it holds:
+    # coalescing must not reorder stdout and stderr lines across each other
+    flush: dict[str, asyncio.Event] = field(
+        default_factory=lambda: {"stdout": asyncio.Event(), "stderr": asyncio.Event()})
 
 
 class Pipeline:
@@ -227,8 +231,8 @@ class Pipeline:
         if dot_stderr:
             # what the go command does to its tools' text output: the package dir is "."
             err = err.replace(job_dir.encode() + b"/", b"./")
-        return ToolRun(rc, toolchain.scrub(out.decode("utf-8", "replace"), job_dir),
-                       toolchain.scrub(err.decode("utf-8", "replace"), job_dir),
+        return ToolRun(rc, self.scrub(out.decode("utf-8", "replace"), job_dir),
+                       self.scrub(err.decode("utf-8", "replace"), job_dir),
                        outcome, timed_out, ms)
 
     def tool_failure(self, what: str, run: ToolRun, wall: float) -> str | None:
@@ -435,7 +439,7 @@ class Pipeline:
             res = {}
         if "compile" not in res:
             # killed (timeout, memory) or broken: report it as the build's failure
-            run.stdout, run.stderr = "", toolchain.scrub(run.stderr, str(ws.src))
+            run.stdout, run.stderr = "", self.scrub(run.stderr, str(ws.src))
             if run.returncode == 0:
                 run.returncode = 1
             return run, run.stderr, None
@@ -446,8 +450,8 @@ class Pipeline:
             # its plain text with the package dir as "." (what go vet prints)
             out = str(r.get("stdout" if vet else "output", ""))
             err = str(r.get("stderr", "")).replace(src + "/", "./") if vet else ""
-            return ToolRun(int(r.get("rc", 1)), toolchain.scrub(out, src),
-                           toolchain.scrub(err, src), run.outcome, False, int(r.get("ms", 0)))
+            return ToolRun(int(r.get("rc", 1)), self.scrub(out, src),
+                           self.scrub(err, src), run.outcome, False, int(r.get("ms", 0)))
 
         result = tool(res["compile"])
         self.observe("compile", result.ms, "ok" if result.returncode == 0 else "failed")
@@ -730,6 +734,11 @@ class Pipeline:
         if self.metrics is not None:
             self.metrics.phase_duration.labels(phase=phase, outcome=outcome).observe(ms / 1000)
 
+    def scrub(self, text: str, job_dir: str) -> str:
+        """No server path in anything a user sees: the job dir and GOROOT (tool errors
+        name the linker's own path)."""
+        return toolchain.scrub(text, job_dir, str(self.tools.goroot))
+
     async def run_program(self, job: Job, binary: Path, test: bool,
                           display: dict[str, str]) -> Result:
         phase = "test" if test else "run"
@@ -768,19 +777,23 @@ class Pipeline:
                             await sp.stop()
             except TimeoutError:
                 timed_out = True
+                # read the cgroup's verdict while it still exists (a fork bomb times out)
+                outcome = sp.outcome(-9)
         run_ms = int((time.monotonic() - start) * 1000)
         self.observe(phase, run_ms, "timeout" if timed_out else "done")
         timings = {"run_ms": run_ms}
+        assert outcome is not None
+        pids_note = (f"; it also hit the limit of {self.s.run_pids} processes/threads"
+                     if outcome.pids_exhausted else "")
         if timed_out:
             return Result(protocol.TIMEOUT, timings=timings,
                           message=f"the program ran longer than {self.s.run_seconds:g} s "
-                                  "(wall-clock limit) and was stopped")
-        assert outcome is not None
+                                  f"(wall-clock limit) and was stopped{pids_note}")
         if state.budget.exceeded:
             return Result(protocol.OUTPUT_LIMIT, timings=timings,
                           message=f"the program wrote more than "
                                   f"{human_bytes(self.s.output_bytes)} of output and was "
-                                  "stopped")
+                                  f"stopped{pids_note}")
         if outcome.oom_killed:
             return Result(protocol.MEMORY_LIMIT, exit_code=outcome.returncode, timings=timings,
                           message=f"the program used more than "
@@ -831,21 +844,33 @@ class Pipeline:
         chunk = self.s.output_chunk_bytes
         window = self.s.output_flush_ms / 1000
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        mine = state.flush[stream]
+        other = state.flush["stderr" if stream == "stdout" else "stdout"]
         eof = False
         while not eof:
             data = await reader.read(chunk)
             if not data:
                 break
+            other.set()
+            mine.clear()
             buf = bytearray(data)
             deadline = loop.time() + window
-            while len(buf) < chunk:
+            while len(buf) < chunk and not mine.is_set():
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     break
-                try:
-                    more = await asyncio.wait_for(reader.read(chunk - len(buf)), remaining)
-                except TimeoutError:
+                read = asyncio.ensure_future(reader.read(chunk - len(buf)))
+                flush = asyncio.ensure_future(mine.wait())
+                await asyncio.wait({read, flush}, timeout=remaining,
+                                   return_when=asyncio.FIRST_COMPLETED)
+                flush.cancel()
+                if not read.done():
+                    read.cancel()
+                    # the reader allows one waiter: let the cancelled read finish leaving
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await read
                     break
+                more = read.result()
                 if not more:
                     eof = True
                     break

@@ -54,6 +54,10 @@ class Server:
         self.queue.expired_handler = self._expired
         self.pool = WorkerPool(self.queue, settings.workers, self.pipeline.execute,
                                on_done=self._job_done)
+        self.queue.running_started = lambda: [
+            j.started_at for j in self.pool.running if j.started_at is not None]
+        self.queue.max_job_seconds = (settings.build_seconds + settings.vet_seconds
+                                      + settings.run_seconds)
         self.store: SQLiteSnippetStore | None = None
         self.run_limiter = RateLimiter(settings.runs_per_minute)
         self.share_limiter = RateLimiter(settings.shares_per_minute)

@@ -171,10 +171,13 @@ class Sandbox:
         self._prefix = f"{os.getpid()}-"
         self.bwrap = ""
         self.prlimit = shutil.which("prlimit") or ""
+        self._set_up = False
 
     # ---- startup --------------------------------------------------------
     def setup(self) -> None:
         """Check that the sandbox can work here; raise SandboxUnavailable with the fix."""
+        if self._set_up:
+            return
         if self.mode not in ("bwrap", "none"):
             raise SandboxUnavailable(f"unknown sandbox mode {self.mode!r}: use bwrap or none")
         if not self.prlimit:
@@ -206,6 +209,7 @@ class Sandbox:
                 raise SandboxUnavailable(msg + "; mount a writable cgroup v1 memory+pids "
                                          "hierarchy or cgroup v2 with those controllers")
             log.warning(msg)
+        self._set_up = True
 
     def close(self) -> None:
         if self.cgroups is not None:
