@@ -172,3 +172,13 @@ def test_eta_simulates_workers_and_long_running_jobs():
     q.max_job_seconds = 60
     etas = q.etas_ms(2)
     assert 3500 <= etas[0] <= 4500 and etas == sorted(etas)
+
+
+def test_readme_documents_every_setting():
+    from dataclasses import fields
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    missing = [f.name for f in fields(config.Settings)
+               if f"`--{f.name.replace('_', '-')}`" not in readme]
+    assert missing == []
