@@ -399,3 +399,22 @@ async def test_stdout_and_stderr_keep_their_order(server):
     assert seq == expected
     await c.close()
 
+
+
+async def test_check_flood_is_bounded_and_every_request_answered(server):
+    c = await Client.connect(server.ws_url)
+    src = 'package main\n\nfunc main() {\n\tvar x int = "s"\n}\n'
+    for i in range(12):
+        await c.send({"type": "check", "id": f"c{i}", "source": src})
+    answers = {}
+    while len(answers) < 12:
+        f = await c.recv()
+        answers[f["id"]] = f
+    kinds = [f["type"] for f in answers.values()]
+    assert "checked" in kinds and set(kinds) <= {"checked", "error"}
+    busy = [f for f in answers.values() if f["type"] == "error"]
+    assert busy and all(f["code"] == "busy" and f["retry_after_ms"] > 0 for f in busy)
+    checked = next(f for f in answers.values() if f["type"] == "checked")
+    assert checked["diagnostics"][0]["line"] == 4
+    assert done_of(await c.run(HELLO))["status"] == "ok"
+    await c.close()

@@ -78,6 +78,9 @@ class Settings:
     build_open_files: int = field(default=1024, metadata={"help": "toolchain open files"})
     build_cpu_seconds: int = field(default=60, metadata={"help": "toolchain CPU seconds"})
     check_concurrency: int = field(default=2, metadata={"help": "parallel checks/formats"})
+    side_requests_per_session: int = field(
+        default=4, metadata={"help": "format/check/share in flight per session"}
+    )
     goproxy: str = field(default="off", metadata={"help": "GOPROXY for builds"})
     goflags: str = field(default="-mod=mod -trimpath", metadata={"help": "GOFLAGS for builds"})
     build_gomaxprocs: int = field(default=2, metadata={"help": "GOMAXPROCS for the toolchain"})

@@ -24,6 +24,7 @@ CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008
 CLOSE_TRY_AGAIN = 1013
 CLOSE_FLUSH_SECONDS = 1.0
+SIDE_RETRY_MS = 500
 SLOW_CLIENT_FACTOR = 4  # non-output frames queued beyond credits x this: not reading
 
 
@@ -242,6 +243,12 @@ class Session:
 
     def _side(self, frame: Any) -> None:
         """format, check and share run beside the job, outside the run queue."""
+        limit = self.server.s.side_requests_per_session
+        if len(self._side_tasks) >= limit:
+            # each waits for one of a few tool slots: a flood must not pile up sources
+            self.server.metrics.rejected.labels(reason=protocol.BUSY).inc()
+            raise Rejection(protocol.BUSY, f"at most {limit} format/check/share requests "
+                            "at a time per session", SIDE_RETRY_MS)
         task = asyncio.get_running_loop().create_task(self._side_request(frame))
         self._side_tasks.add(task)
         task.add_done_callback(self._side_tasks.discard)
