@@ -299,6 +299,7 @@ async def test_timeouts(start_server):
     frames = await c.run(SLEEP % 3600)
     done = done_of(frames)
     assert done["status"] == "timeout" and "1.5 s" in done["message"]
+    assert done["timings"]["run_ms"] < 1500 + 1000  # stopped at the limit, not later
     assert stdout_of(frames) == "started\n"  # partial output kept
     spin = 'package main\n\nfunc main() {\n\tfor {\n\t}\n}\n'
     frames = await c.run(spin, id="spin")

@@ -76,7 +76,8 @@ def serve(settings: config.Settings) -> int:
         app, host=settings.host, port=settings.port, log_config=None,
         ws_max_size=settings.frame_bytes, ws_ping_interval=settings.ping_interval_seconds,
         ws_ping_timeout=settings.ping_interval_seconds,
-        timeout_graceful_shutdown=int(settings.shutdown_seconds) + 2, access_log=False)
+        timeout_graceful_shutdown=int(settings.shutdown_seconds) + 2, access_log=False,
+        loop=settings.event_loop)
     GracefulServer(uv_config, app.state.server).run()
     return 0
 

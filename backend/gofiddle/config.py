@@ -37,6 +37,11 @@ class Settings:
     )
     public_url: str = field(default="", metadata={"help": "base URL used in share links"})
     log_level: str = field(default="info", metadata={"help": "debug, info, warning"})
+    # measured: uvloop forks the whole server per spawn, the stdlib loop uses vfork;
+    # 2-3 ms less server CPU per run (docs/benchmarks.md)
+    event_loop: str = field(
+        default="asyncio", metadata={"help": "uvicorn event loop: asyncio, uvloop, auto"}
+    )
 
     # --- queue and workers ---
     workers: int = field(default_factory=_cpu_count, metadata={"help": "concurrent jobs"})

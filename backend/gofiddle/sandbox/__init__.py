@@ -88,6 +88,23 @@ class Outcome:
         return self.returncode < 0 or self.returncode > 128
 
 
+EXIT_WAIT_SECONDS = 2.0
+
+
+class ExitAwareProtocol(asyncio.subprocess.SubprocessStreamProtocol):
+    """The stream protocol plus a future resolved when the process exits, whatever the
+    state of its pipes."""
+
+    def __init__(self, limit: int, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(limit=limit, loop=loop)
+        self.exited: asyncio.Future[None] = loop.create_future()
+
+    def process_exited(self) -> None:
+        super().process_exited()
+        if not self.exited.done():
+            self.exited.set_result(None)
+
+
 @dataclass
 class SandboxProcess:
     proc: asyncio.subprocess.Process
@@ -95,6 +112,8 @@ class SandboxProcess:
     limits: Limits
     cgroup: Any | None
     grace: float
+    exited: asyncio.Future[None]
+    transport: asyncio.SubprocessTransport
     started_at: float = field(default_factory=time.monotonic)
     _stopped: bool = False
 
@@ -112,9 +131,15 @@ class SandboxProcess:
     def stdin(self) -> asyncio.StreamWriter | None:
         return self.proc.stdin
 
+    async def _exit(self) -> int:
+        # not proc.wait(): the stdlib loop only wakes it once every pipe is closed, and a
+        # pipe nobody reads any more (output cap reached) never reports its EOF
+        await asyncio.shield(self.exited)
+        rc = self.proc.returncode
+        return -9 if rc is None else rc
+
     async def wait(self) -> Outcome:
-        rc = await self.proc.wait()
-        return self.outcome(rc)
+        return self.outcome(await self._exit())
 
     def outcome(self, rc: int) -> Outcome:
         out = Outcome(returncode=rc)
@@ -139,7 +164,7 @@ class SandboxProcess:
         if self.proc.returncode is None:
             self._signal_group(signal.SIGTERM)
             try:
-                await asyncio.wait_for(asyncio.shield(self.proc.wait()), self.grace)
+                await asyncio.wait_for(self._exit(), self.grace)
             except TimeoutError:
                 pass
         # the group may hold children even after the leader exited
@@ -148,7 +173,7 @@ class SandboxProcess:
             await asyncio.to_thread(self.cgroup.kill_all)
         if self.proc.returncode is None:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self.proc.wait()), 2.0)
+                await asyncio.wait_for(self._exit(), EXIT_WAIT_SECONDS)
         for stream in (self.proc.stdin,):
             if stream is not None:
                 with contextlib.suppress(Exception):
@@ -156,6 +181,8 @@ class SandboxProcess:
 
     async def release(self) -> None:
         await self.stop()
+        # frees the pipes even if nobody read them to EOF
+        self.transport.close()
         if self.cgroup is not None:
             await asyncio.to_thread(self.cgroup.remove)
 
@@ -310,7 +337,10 @@ class Sandbox:
                 host_env = env
             full = (self._wrap_cgroup(cgroup.procs_files if cgroup is not None else [])
                     + self._rlimits(limits) + inner)
-            proc = await asyncio.create_subprocess_exec(
+            loop = asyncio.get_running_loop()
+            limit = self.settings.output_chunk_bytes * 4
+            transport, protocol = await loop.subprocess_exec(
+                lambda: ExitAwareProtocol(limit, loop),
                 *full,
                 stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
@@ -319,8 +349,8 @@ class Sandbox:
                 env=host_env,
                 start_new_session=True,
                 pass_fds=(seccomp_fd,) if seccomp_fd >= 0 else (),
-                limit=self.settings.output_chunk_bytes * 4,
             )
+            proc = asyncio.subprocess.Process(transport, protocol, loop)
         except BaseException:
             if cgroup is not None:
                 await asyncio.to_thread(cgroup.remove)
@@ -332,7 +362,8 @@ class Sandbox:
                 os.close(seccomp_fd)
         if self.metrics is not None:
             self.metrics.processes_started.labels(kind=kind).inc()
-        sp = SandboxProcess(proc, kind, limits, cgroup, self.settings.kill_grace_seconds)
+        sp = SandboxProcess(proc, kind, limits, cgroup, self.settings.kill_grace_seconds,
+                            protocol.exited, transport)
         try:
             yield sp
         finally:
