@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import logging
@@ -16,7 +17,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 from starlette.websockets import WebSocket
 
-from . import playground_api, protocol
+from . import playground_api
 from .config import Settings
 from .server import Rejection, Server
 from .session import Session
@@ -83,8 +84,6 @@ def create_app(settings: Settings) -> Starlette:
     async def load(snippet: str) -> str | None:
         if not valid_id(snippet) or server.store is None:
             return None
-        import asyncio
-
         found = await asyncio.to_thread(server.store.get, snippet)
         if found is None:
             return None
@@ -177,5 +176,4 @@ def create_app(settings: Settings) -> Starlette:
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.server = server
-    app.state.protocol = protocol
     return app

@@ -96,7 +96,8 @@ class OutputBudget:
 @dataclass
 class RunState:
     budget: OutputBudget
-    tail: list[str] = field(default_factory=list)  # for test diagnostics
+    keep_text: bool = False  # tests: their failures are parsed from the output afterwards
+    tail: list[str] = field(default_factory=list)
     # set by one stream's pump when it gets data, so the other flushes what it holds:
     # coalescing must not reorder stdout and stderr lines across each other
     flush: dict[str, asyncio.Event] = field(
@@ -754,7 +755,7 @@ class Pipeline:
             "PATH": "/",
             "TZ": "UTC",
         }
-        state = RunState(OutputBudget(self.s.output_bytes))
+        state = RunState(OutputBudget(self.s.output_bytes), keep_text=test)
         timed_out = False
         outcome: Outcome | None = None
         start = time.monotonic()
@@ -880,7 +881,7 @@ class Pipeline:
             if text:
                 if self.metrics is not None:
                     self.metrics.output_bytes.inc(allowed)
-                if job.request.mode == "test" or len(state.tail) < 4096:
+                if state.keep_text:
                     state.tail.append(text)
                 await job.emit(protocol.output(job.id, stream, text))
             if state.budget.exceeded:

@@ -252,7 +252,7 @@ class Server:
     def _queue_changed(self) -> None:
         self.breaker.observe(len(self.queue))
         self.metrics.queue_depth.set(len(self.queue))
-        self.metrics.workers_busy.set(self.pool.busy if hasattr(self, "pool") else 0)
+        self.metrics.workers_busy.set(self.pool.busy)
 
     def _job_done(self, job: Job, result: Result) -> None:
         self._count(job, result.status)
