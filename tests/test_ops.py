@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import signal
 import time
@@ -152,8 +153,6 @@ async def test_slow_reader_does_not_grow_server_memory(start_server):
     await ws.recv()
     flood = ('package main\n\nimport (\n\t"os"\n\t"strings"\n)\n\nfunc main() {\n'
              '\tb := []byte(strings.Repeat("x", 1<<16))\n\tfor {\n\t\tos.Stdout.Write(b)\n\t}\n}\n')
-    import json
-
     await ws.send(json.dumps({"type": "run", "id": "f", "source": flood}))
     # read nothing for a while: the server must apply backpressure, not buffer
     samples = []
@@ -167,3 +166,32 @@ async def test_slow_reader_does_not_grow_server_memory(start_server):
     await ws.close()
     await asyncio.sleep(1.0)
     assert (left := settle(srv)) == [], describe(left)
+
+
+async def test_per_address_run_rate_and_session_limits(start_server):
+    srv = start_server(runs_per_minute=6, max_sessions_per_client=2)
+    a = await Client.connect(srv.ws_url)
+    assert done_of(await a.run(HELLO, id="1"))["status"] == "ok"
+    # a burst of 1 (ten seconds' worth of 6 a minute): the next run at once is refused
+    await a.send({"type": "run", "id": "2", "source": HELLO})
+    err = await a.recv()
+    assert err["type"] == "error" and err["code"] == "rate_limited" and err["id"] == "2"
+    assert 0 < err["retry_after_ms"] <= 10_000
+    b = await Client.connect(srv.ws_url)
+    # a third session from the same address is refused with a reason, then closed
+    ws = await websockets.connect(srv.ws_url)
+    frame = json.loads(await ws.recv())
+    assert frame["type"] == "error" and frame["code"] == "rate_limited"
+    with pytest.raises(websockets.ConnectionClosed) as closed:
+        await asyncio.wait_for(ws.recv(), 5)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013
+    text = httpx.get(srv.url + "/metrics").text
+    assert metric(text, "gofiddle_rejected_total", reason="rate_limited") == 1
+    assert metric(text, "gofiddle_rejected_total", reason="too_many_sessions") == 1
+    # closing a session frees its place
+    await b.close()
+    await asyncio.sleep(0.3)
+    c = await Client.connect(srv.ws_url)
+    assert c.hello["type"] == "hello"
+    for client in (a, c):
+        await client.close()
