@@ -195,3 +195,18 @@ async def test_per_address_run_rate_and_session_limits(start_server):
     assert c.hello["type"] == "hello"
     for client in (a, c):
         await client.close()
+
+
+async def test_rlimit_fallback_without_cgroups_is_reported(start_server):
+    srv = start_server(use_cgroups=False)
+    state = httpx.get(srv.url + "/readyz").json()
+    assert state["sandbox"]["cgroups"] is None and state["sandbox"]["rlimit_fallback"] is True
+    assert "--no-use-cgroups" in state["sandbox"]["cgroup_fallback"]
+    assert "fall back to rlimits" in srv.log()
+    c = await Client.connect(srv.ws_url)
+    assert done_of(await c.run(HELLO))["status"] == "ok"
+    await c.close()
+    # and the strict mode refuses to start at all
+    strict = start_server(use_cgroups=False, require_cgroups=True, wait_ready=False)
+    assert strict.proc.wait(60) == 2
+    assert "cgroups unavailable" in strict.log() and "Traceback" not in strict.log()

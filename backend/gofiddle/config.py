@@ -56,6 +56,9 @@ class Settings:
     # --- sandbox ---
     sandbox: str = field(default="bwrap", metadata={"help": "bwrap, or none (development)"})
     bwrap_path: str = field(default="bwrap", metadata={"help": "bubblewrap binary"})
+    use_cgroups: bool = field(
+        default=True, metadata={"help": "per-job cgroups when the kernel allows (else rlimits)"}
+    )
     require_cgroups: bool = field(
         default=False, metadata={"help": "fail startup if cgroups are not writable"}
     )

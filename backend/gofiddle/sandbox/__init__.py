@@ -221,6 +221,8 @@ class Sandbox:
         try:
             from .cgroups import CgroupManager, detect_reason
 
+            if not self.settings.use_cgroups:
+                raise RuntimeError("turned off by --no-use-cgroups")
             self.cgroups = CgroupManager.detect()
             if self.cgroups is not None:
                 self.cgroups.cleanup_stale()
