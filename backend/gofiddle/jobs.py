@@ -172,14 +172,16 @@ class Job:
             self.finished.set()
         return True
 
+    def cancelled_message(self) -> str:
+        cause = self.cancel_cause or "shutdown"
+        return self.cancel_message or CANCEL_MESSAGES.get(cause, cause)
+
     def ensure_finished(self, task: asyncio.Task[Any]) -> None:
         """Done-callback for the task running the job: a task cancelled before its first
         step never runs its own cleanup, yet the job still owes its session a done."""
         if not self.finished.is_set() and self.state != "done":
-            cause = self.cancel_cause or "shutdown"
-            asyncio.get_running_loop().create_task(self.finish(
-                protocol.CANCELLED,
-                message=self.cancel_message or CANCEL_MESSAGES.get(cause, cause)))
+            asyncio.get_running_loop().create_task(
+                self.finish(protocol.CANCELLED, message=self.cancelled_message()))
 
 
 @dataclass
@@ -384,9 +386,7 @@ class WorkerPool:
                 raise asyncio.CancelledError
             result = await self.execute(job)
         except asyncio.CancelledError:
-            cause = job.cancel_cause or "shutdown"
-            result = Result(protocol.CANCELLED,
-                            message=job.cancel_message or CANCEL_MESSAGES.get(cause, cause))
+            result = Result(protocol.CANCELLED, message=job.cancelled_message())
         except Exception:
             log.exception("job %s failed", job.id)
             result = Result(protocol.INTERNAL_ERROR, message="internal error; it was logged")

@@ -526,8 +526,7 @@ class Pipeline:
         reason = self.tool_failure("the build", run, self.s.build_seconds)
         items = toolchain.parse_text(text, str(ws.src), ws.files.display)
         if reason:
-            items.append({"file": "", "line": 0, "col": 0, "severity": "error",
-                          "message": reason})
+            items.append(toolchain.diagnostic(reason))
         if items:
             await job.emit(protocol.diagnostics(job.id, "build", items))
         return Result(protocol.BUILD_FAILED, message=reason or first_message(items),
@@ -565,8 +564,7 @@ class Pipeline:
         reason = self.tool_failure("go vet", run, self.s.vet_seconds)
         self.observe("vet", run.ms, "ok" if not items and not reason else "failed")
         if reason:
-            items.append({"file": "", "line": 0, "col": 0, "severity": "error",
-                          "message": reason})
+            items.append(toolchain.diagnostic(reason))
         if not items and run.returncode != 0:
             items = toolchain.parse_text(run.stderr, str(ws.src), ws.files.display)
         if items:
@@ -602,12 +600,11 @@ class Pipeline:
             return await self._execute_cached(job, plan)
         except source.BuildRefused as e:
             await job.emit(protocol.diagnostics(job.id, "build", [
-                {"file": e.file, "line": e.line, "col": 0, "severity": "error",
-                 "message": str(e)}]))
+                toolchain.diagnostic(str(e), e.file, e.line)]))
             return Result(protocol.BUILD_FAILED, message=str(e))
         except protocol.ProtocolError as e:
             await job.emit(protocol.diagnostics(job.id, "build", [
-                {"file": "", "line": 0, "col": 0, "severity": "error", "message": e.message}]))
+                toolchain.diagnostic(e.message)]))
             return Result(protocol.BUILD_FAILED, message=e.message)
 
     async def _execute_cached(self, job: Job, plan: Plan) -> Result:

@@ -134,11 +134,8 @@ class Server:
         self.draining = True
         log.info("draining: %d queued, %d running", len(self.queue), len(self.pool.running))
         for job in self.queue.drain():
-            job.cancel_cause = "shutdown"
-            self.metrics.cancellations.labels(cause="shutdown").inc()
-            await job.finish(protocol.CANCELLED,
-                             message="the server is restarting; please run again")
-            self._count(job, protocol.CANCELLED)
+            await self._cancel_unqueued(job, "shutdown",
+                                        "the server is restarting; please run again")
         running = [j.finished.wait() for j in list(self.pool.running)]
         if running:
             await asyncio.wait([asyncio.ensure_future(w) for w in running],
@@ -156,9 +153,6 @@ class Server:
                 task.cancel()
                 with contextlib.suppress(BaseException):
                     await task
-        for job in self.queue.drain():
-            job.cancel_cause = "shutdown"
-            await job.finish(protocol.CANCELLED, message="the server is shutting down")
         await self.pool.stop()
         if self.store is not None:
             self.store.close()
@@ -230,18 +224,26 @@ class Server:
         """Stop the job wherever it is; returns once its `done` has been sent."""
         if job.finished.is_set():
             return
+        if job.state == "queued" and self.queue.remove(job):
+            await self._cancel_unqueued(job, cause,
+                                        message or f"cancelled while queued ({cause})")
+            return
+        self._mark_cancelled(job, cause, message)
+        if job.task is not None:
+            job.task.cancel()
+        await job.finished.wait()
+
+    def _mark_cancelled(self, job: Job, cause: str, message: str | None) -> None:
         if job.cancel_cause is None:
             job.cancel_cause = cause
             job.cancel_message = message
             self.metrics.cancellations.labels(cause=cause).inc()
-        if job.state == "queued" and self.queue.remove(job):
-            await job.finish(protocol.CANCELLED,
-                             message=message or f"cancelled while queued ({cause})")
-            self._count(job, protocol.CANCELLED)
-            return
-        if job.task is not None:
-            job.task.cancel()
-        await job.finished.wait()
+
+    async def _cancel_unqueued(self, job: Job, cause: str, message: str) -> None:
+        """A job just taken out of the queue: it never ran, so its done is sent here."""
+        self._mark_cancelled(job, cause, message)
+        await job.finish(protocol.CANCELLED, message=message)
+        self._count(job, protocol.CANCELLED)
 
     async def _expired(self, job: Job) -> None:
         await job.finish(protocol.EXPIRED,
@@ -295,8 +297,7 @@ class Server:
                 found = toolchain.parse_text(run.stderr, str(ws.src))
                 reason = self.pipeline.tool_failure("gofmt", run, self.s.format_seconds)
                 if reason:
-                    found.append({"file": "", "line": 0, "col": 0, "severity": "error",
-                                  "message": reason})
+                    found.append(toolchain.diagnostic(reason))
                 return None, found
 
             for name, body in files.files.items():
@@ -311,8 +312,7 @@ class Server:
                 for it in found:
                     if it["file"] in ("prog.go", ""):
                         it["file"] = name
-                items.extend(found or [{"file": name, "line": 0, "col": 0,
-                                        "severity": "error", "message": "gofmt failed"}])
+                items.extend(found or [toolchain.diagnostic("gofmt failed", name)])
             if items:
                 return text, items
             if imports:

@@ -269,7 +269,7 @@ class Session:
                 await self.emit(protocol.shared(frame.id, snippet, s.snippet_url(snippet, base)))
         except Rejection as r:
             await self.emit(r.frame(frame.id))
-        except (source.SourceError, protocol.ProtocolError) as e:
+        except protocol.ProtocolError as e:  # SourceError included
             await self.emit(protocol.error(e.code, e.message, frame.id))
         except source.BuildRefused as e:
             await self.emit(protocol.error(protocol.BAD_REQUEST, str(e), frame.id))

@@ -462,12 +462,10 @@ async def typecheck(pipeline: Pipeline, text: str, *, all_errors: bool = True
                 items = toolchain.parse_text(run.stderr, str(ws.src), ws.files.display)
             reason = pipeline.tool_failure("the type check", run, wall)
             if reason:
-                items.append({"file": "", "line": 0, "col": 0, "severity": "error",
-                              "message": reason})
+                items.append(toolchain.diagnostic(reason))
             return items
     except source.BuildRefused as e:
-        return [{"file": e.file, "line": e.line, "col": 0, "severity": "error",
-                 "message": str(e)}]
+        return [toolchain.diagnostic(str(e), e.file, e.line)]
 
 
 def join_txtar(files: dict[str, str]) -> str:

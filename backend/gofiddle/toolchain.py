@@ -189,6 +189,12 @@ def _item(file: str, line: int, col: int, message: str, severity: str) -> Diagno
     return {"file": file, "line": line, "col": col, "severity": severity, "message": message}
 
 
+def diagnostic(message: str, file: str = "", line: int = 0, col: int = 0,
+               severity: str = "error") -> Diagnostic:
+    """One item of a `diagnostics` frame; file-less (line 0) when no place applies."""
+    return _item(file, line, col, message, severity)
+
+
 def parse_text(text: str, job_dir: str, display: dict[str, str] | None = None, *,
                severity: str = "error") -> list[Diagnostic]:
     """Compiler-style `file:line:col: message` lines; other lines that are not package
